@@ -1,0 +1,168 @@
+using System.IO.Compression;
+using Cbd.Core.Format;
+using K4os.Compression.LZ4;
+using ZstdSharp;
+
+namespace Cbd.Core.Compression;
+
+/// <summary>Valid levels per algorithm (docs/FORMAT.md, "Compression").</summary>
+public static class CodecLimits
+{
+    public static (int Min, int Max, int Default) Levels(CompressionAlgorithm algorithm) => algorithm switch
+    {
+        CompressionAlgorithm.Lz4 => (0, 12, 0),   // 0-2 fast LZ4, 3-12 LZ4 HC
+        CompressionAlgorithm.Zlib => (1, 9, 6),
+        CompressionAlgorithm.Zstd => (1, 22, 3),
+        _ => throw new InvalidDataException($"compression algorithm: {(byte)algorithm}, expected 1 (lz4), 2 (zlib) or 3 (zstd)"),
+    };
+
+    /// <summary>Throws <see cref="InvalidDataException"/> when the algorithm or level is not valid.</summary>
+    public static void Validate(CompressionAlgorithm algorithm, int level, string where)
+    {
+        if (algorithm is not (CompressionAlgorithm.Lz4 or CompressionAlgorithm.Zlib or CompressionAlgorithm.Zstd))
+            throw new InvalidDataException($"{where} compression algorithm: {(byte)algorithm}, expected 1 (lz4), 2 (zlib) or 3 (zstd)");
+        var (min, max, _) = Levels(algorithm);
+        if (level < min || level > max)
+            throw new InvalidDataException($"{where} compression level: {level} for {algorithm.ToString().ToLowerInvariant()}, expected {min}..{max}");
+    }
+}
+
+/// <summary>
+/// Compresses one lblk into a bounded buffer and decompresses it back. Implementations are stateless or
+/// thread-safe: the engine calls them from many threads at once.
+/// </summary>
+public abstract class Codec
+{
+    public abstract CompressionAlgorithm Algorithm { get; }
+
+    /// <summary>
+    /// Compresses <paramref name="source"/> into <paramref name="destination"/>; returns the compressed
+    /// length, or -1 when it does not fit (the caller then stores the lblk uncompressed).
+    /// </summary>
+    public abstract int Compress(ReadOnlySpan<byte> source, Span<byte> destination);
+
+    /// <summary>
+    /// Decompresses <paramref name="source"/>; returns false unless it yields exactly
+    /// <paramref name="destination"/>.Length bytes.
+    /// </summary>
+    public abstract bool TryDecompress(ReadOnlySpan<byte> source, Span<byte> destination);
+
+    /// <summary>A codec for writing at <paramref name="level"/>.</summary>
+    public static Codec Create(CompressionAlgorithm algorithm, int level)
+    {
+        CodecLimits.Validate(algorithm, level, "requested");
+        return algorithm switch
+        {
+            CompressionAlgorithm.Lz4 => new Lz4Codec(level),
+            CompressionAlgorithm.Zlib => new ZlibCodec(level),
+            _ => new ZstdCodec(level),
+        };
+    }
+
+    /// <summary>A codec able to read what any level of <paramref name="algorithm"/> wrote, or null for an unknown id.</summary>
+    public static Codec? ForReading(byte algorithm) => (CompressionAlgorithm)algorithm switch
+    {
+        CompressionAlgorithm.Lz4 => s_lz4Reader,
+        CompressionAlgorithm.Zlib => s_zlibReader,
+        CompressionAlgorithm.Zstd => s_zstdReader,
+        _ => null,
+    };
+
+    private static readonly Codec s_lz4Reader = new Lz4Codec(0);
+    private static readonly Codec s_zlibReader = new ZlibCodec(6);
+    private static readonly Codec s_zstdReader = new ZstdCodec(3);
+}
+
+internal sealed class Lz4Codec(int level) : Codec
+{
+    private readonly LZ4Level _level = (LZ4Level)level;
+
+    public override CompressionAlgorithm Algorithm => CompressionAlgorithm.Lz4;
+
+    public override int Compress(ReadOnlySpan<byte> source, Span<byte> destination)
+    {
+        int n = LZ4Codec.Encode(source, destination, _level);
+        return n <= 0 ? -1 : n;
+    }
+
+    public override bool TryDecompress(ReadOnlySpan<byte> source, Span<byte> destination) =>
+        LZ4Codec.Decode(source, destination) == destination.Length;
+}
+
+internal sealed class ZstdCodec(int level) : Codec
+{
+    // ZstdSharp contexts are not thread-safe; one per thread per level.
+    [ThreadStatic] private static Compressor?[]? t_compressors;
+    [ThreadStatic] private static Decompressor? t_decompressor;
+
+    public override CompressionAlgorithm Algorithm => CompressionAlgorithm.Zstd;
+
+    public override int Compress(ReadOnlySpan<byte> source, Span<byte> destination)
+    {
+        var compressors = t_compressors ??= new Compressor?[23];
+        var compressor = compressors[level] ??= new Compressor(level);
+        return compressor.TryWrap(source, destination, out int written) ? written : -1;
+    }
+
+    public override bool TryDecompress(ReadOnlySpan<byte> source, Span<byte> destination)
+    {
+        var decompressor = t_decompressor ??= new Decompressor();
+        try
+        {
+            return decompressor.TryUnwrap(source, destination, out int written) && written == destination.Length;
+        }
+        catch (ZstdException)
+        {
+            return false;
+        }
+    }
+}
+
+internal sealed class ZlibCodec(int level) : Codec
+{
+    public override CompressionAlgorithm Algorithm => CompressionAlgorithm.Zlib;
+
+    public override unsafe int Compress(ReadOnlySpan<byte> source, Span<byte> destination)
+    {
+        fixed (byte* dst = destination)
+        {
+            using var output = new UnmanagedMemoryStream(dst, 0, destination.Length, FileAccess.Write);
+            try
+            {
+                using (var zlib = new ZLibStream(output, new ZLibCompressionOptions { CompressionLevel = level }, leaveOpen: true))
+                    zlib.Write(source);
+                return (int)output.Position;
+            }
+            catch (NotSupportedException)
+            {
+                return -1; // the output stream is full: the data does not compress enough
+            }
+        }
+    }
+
+    public override unsafe bool TryDecompress(ReadOnlySpan<byte> source, Span<byte> destination)
+    {
+        fixed (byte* src = source)
+        {
+            using var input = new UnmanagedMemoryStream(src, source.Length);
+            try
+            {
+                using var zlib = new ZLibStream(input, CompressionMode.Decompress);
+                int total = 0;
+                while (total < destination.Length)
+                {
+                    int n = zlib.Read(destination[total..]);
+                    if (n == 0)
+                        return false;
+                    total += n;
+                }
+                Span<byte> extra = stackalloc byte[1];
+                return zlib.Read(extra) == 0;
+            }
+            catch (InvalidDataException)
+            {
+                return false;
+            }
+        }
+    }
+}

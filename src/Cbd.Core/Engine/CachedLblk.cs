@@ -1,0 +1,33 @@
+namespace Cbd.Core.Engine;
+
+/// <summary>
+/// An lblk in the cache, decompressed. Fields are guarded by <see cref="Lock"/>, except
+/// <see cref="Pins"/> and <see cref="LastUse"/>, which the cache guards.
+/// </summary>
+/// <remarks>
+/// Invariants: a dirty entry is never evicted (it holds the only copy of acknowledged writes); an entry
+/// is evicted only with no pins, so nobody holds or waits for its lock; <see cref="IsZero"/> means the
+/// contents are all zeros, no buffer is held, and write-back publishes the lblk as unallocated; a dirty
+/// entry that is not zero holds a space reservation (<see cref="Reserved"/>) unless write-back has
+/// taken it over.
+/// </remarks>
+internal sealed class CachedLblk(ulong lblk)
+{
+    public readonly ulong Lblk = lblk;
+    public readonly SemaphoreSlim Lock = new(1, 1);
+
+    /// <summary>The contents (a pooled array of at least one lblk) when loaded and not zero.</summary>
+    public byte[]? Data;
+    public bool Loaded;
+    public bool IsZero;
+    public bool Dirty;
+
+    /// <summary>Bumped by every change, so write-back knows whether what it wrote is still the newest.</summary>
+    public long Version;
+
+    /// <summary>Holds a reservation of one lblk's worth of pblks.</summary>
+    public bool Reserved;
+
+    public int Pins;
+    public long LastUse;
+}

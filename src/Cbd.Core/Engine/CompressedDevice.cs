@@ -1,0 +1,961 @@
+using System.Buffers;
+using System.Diagnostics;
+using Cbd.Core.Compression;
+using Cbd.Core.Format;
+using Cbd.Core.Storage;
+
+namespace Cbd.Core.Engine;
+
+/// <summary>
+/// A compressed block device on a backing store: lblks are cached decompressed, written back compressed
+/// into free pblks, and published through their lblk_alloc entries (docs/FORMAT.md, "Consistency").
+/// </summary>
+public sealed partial class CompressedDevice : IBlockDevice
+{
+    private readonly IBackingStore _store;
+    private readonly Geometry _geometry;
+    private readonly DeviceOptions _options;
+    private readonly Codec _codec;
+    private readonly bool _zeroDetect;
+    private readonly bool _crc;
+    private readonly LbatCache _lbat;
+    private readonly Allocator _alloc;
+    private readonly int _lblkSize;
+    private readonly int _parallelism;
+
+    // Cache of decompressed lblks; _cacheLock guards the dictionary, the dirty set, pins and use stamps.
+    private readonly Lock _cacheLock = new();
+    private readonly Dictionary<ulong, CachedLblk> _cache = [];
+    private readonly HashSet<CachedLblk> _dirty = [];
+    private readonly int _maxCached;
+    private readonly int _dirtyHigh;
+    private readonly int _dirtyMax;
+    private long _useClock;
+    private long _dirtySince;
+
+    // Write-back: one checkpoint at a time; numbers let a flush skip work another checkpoint covered.
+    private readonly SemaphoreSlim _checkpointLock = new(1, 1);
+    private long _checkpointsStarted;
+    private long _checkpointsCompleted;
+    private readonly SemaphoreSlim _kick = new(0, 1);
+    private readonly CancellationTokenSource _stop = new();
+    private Task? _writeBackLoop;
+    private volatile Exception? _failed;
+    private int _disposed;
+
+    private long _lblksUsed;
+    private long _pblksUsed;
+
+    private CompressedDevice(IBackingStore store, Header header, Geometry geometry, DeviceOptions options)
+    {
+        _store = store;
+        _geometry = geometry;
+        Header = header;
+        _options = options;
+        _codec = Codec.Create(header.Algorithm, header.Level);
+        _zeroDetect = header.Flags.HasFlag(HeaderFlags.ZeroDetect);
+        _crc = header.Flags.HasFlag(HeaderFlags.LblkCrc);
+        _lblkSize = geometry.LblkSize;
+        _parallelism = Math.Max(1, options.WriteBackParallelism ?? Environment.ProcessorCount);
+        _maxCached = (int)Math.Clamp(options.CacheBytes / _lblkSize, 4L * _parallelism + 8, int.MaxValue / 2);
+        _dirtyHigh = Math.Max(_maxCached / 2, 1);
+        _dirtyMax = Math.Max(_maxCached * 3 / 4, 2);
+        _lbat = new LbatCache(geometry, store, maxCleanPages: 4096);
+        _alloc = new Allocator(geometry, store, (long)header.PblkUsed);
+        _lblksUsed = (long)header.LblkUsed;
+        _pblksUsed = (long)header.PblkUsed;
+    }
+
+    /// <summary>The header as last written (stats are as of open or last clean close).</summary>
+    public Header Header { get; private set; }
+    public Geometry Geometry => _geometry;
+    public long Size => _geometry.LogicalBytes;
+    public int BlockSize => _lblkSize;
+    public bool IsReadOnly => _options.ReadOnly;
+
+    /// <summary>True when open found the image not closed clean and rebuilt its pbats and stats.</summary>
+    public bool Recovered { get; private set; }
+
+    /// <summary>
+    /// Formats <paramref name="store"/> (its whole length is the physical size). Only the header and the
+    /// metadata pblks are written; data pblks are left as they are.
+    /// </summary>
+    /// <exception cref="ArgumentException">The sizes or parameters cannot be formatted; the message says the limit.</exception>
+    public static async ValueTask<Header> FormatAsync(IBackingStore store, FormatOptions options, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(store);
+        int level = options.Level ?? CodecLimits.Levels(options.Algorithm).Default;
+        try
+        {
+            CodecLimits.Validate(options.Algorithm, level, "requested");
+        }
+        catch (InvalidDataException e)
+        {
+            throw new ArgumentException(e.Message, nameof(options), e);
+        }
+        long physical = store.Length;
+        long logical = options.LogicalSize ?? physical / Layout.PblkSize * Layout.PblkSize * 3;
+        var flags = (options.ZeroDetect ? HeaderFlags.ZeroDetect : 0) | (options.LblkChecksums ? HeaderFlags.LblkCrc : 0);
+        var header = Geometry.Plan(physical, logical, options.LblkSize, options.Algorithm, level, flags);
+        var geometry = Geometry.FromHeader(header, physical);
+
+        // Clear the header first: an interrupted format must not leave an old header over new metadata.
+        await store.ZeroRangeAsync(0, Layout.HeaderSize, cancellationToken).ConfigureAwait(false);
+        await store.FlushAsync(cancellationToken).ConfigureAwait(false);
+        for (uint zone = 0; zone < geometry.NrZones; zone++)
+        {
+            long start = (long)geometry.ZoneStart(zone) * Layout.PblkSize;
+            await store.ZeroRangeAsync(start, (long)(1 + geometry.LbatPblks) * Layout.PblkSize, cancellationToken).ConfigureAwait(false);
+        }
+        await store.FlushAsync(cancellationToken).ConfigureAwait(false);
+        byte[] page = new byte[Layout.HeaderSize];
+        header.Write(page);
+        await store.WriteAsync(0, page, cancellationToken).ConfigureAwait(false);
+        await store.FlushAsync(cancellationToken).ConfigureAwait(false);
+        return header;
+    }
+
+    /// <summary>
+    /// Opens a device and takes ownership of <paramref name="store"/>. A bad image throws
+    /// <see cref="InvalidDataException"/> naming the field, its value and what was expected, and nothing
+    /// is written to it. An image not closed clean is recovered (pbats and stats rebuilt from the lbats).
+    /// </summary>
+    public static async ValueTask<CompressedDevice> OpenAsync(IBackingStore store, DeviceOptions? options = null, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(store);
+        options ??= new DeviceOptions();
+        if (!options.ReadOnly && !store.CanWrite)
+            throw new ArgumentException("the backing store is read-only; open the device read-only", nameof(options));
+        byte[] page = new byte[Layout.HeaderSize];
+        if (store.Length < Layout.HeaderSize)
+            throw new InvalidDataException($"backing store: {store.Length} bytes, shorter than the {Layout.HeaderSize}-byte header");
+        await store.ReadAsync(0, page, cancellationToken).ConfigureAwait(false);
+        if (!Header.TryRead(page, out var header))
+            throw new InvalidDataException($"magic: {Convert.ToHexString(page, 0, 4)}, expected {Convert.ToHexString(Header.Magic)} (not a cbd image)");
+        var geometry = Geometry.FromHeader(header, store.Length);
+
+        var device = new CompressedDevice(store, header, geometry, options);
+        if (header.Flags.HasFlag(HeaderFlags.Dirty))
+        {
+            await device.RebuildAsync(cancellationToken).ConfigureAwait(false);
+            device.Recovered = true;
+        }
+        if (!options.ReadOnly)
+        {
+            // From here until a clean close the image says it may hold unfinished work.
+            await device.WriteHeaderAsync(dirty: true, cancellationToken).ConfigureAwait(false);
+            device._writeBackLoop = Task.Run(device.WriteBackLoopAsync);
+        }
+        return device;
+    }
+
+    public DeviceStats GetStats()
+    {
+        int dirty;
+        lock (_cacheLock)
+            dirty = _dirty.Count;
+        return new DeviceStats(Size, _lblkSize, (long)_geometry.NrLblks, Interlocked.Read(ref _lblksUsed),
+            (long)_geometry.TotalDataPblks, Interlocked.Read(ref _pblksUsed), dirty);
+    }
+
+    // ---- reads ----
+
+    public async ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken = default)
+    {
+        CheckRange(offset, buffer.Length);
+        while (!buffer.IsEmpty)
+        {
+            ulong lblk = (ulong)(offset / _lblkSize);
+            int within = (int)(offset % _lblkSize);
+            int n = Math.Min(buffer.Length, _lblkSize - within);
+            await ReadPieceAsync(lblk, within, buffer[..n], cancellationToken).ConfigureAwait(false);
+            buffer = buffer[n..];
+            offset += n;
+        }
+    }
+
+    private async ValueTask ReadPieceAsync(ulong lblk, int within, Memory<byte> destination, CancellationToken cancellationToken)
+    {
+        var entry = Pin(lblk);
+        try
+        {
+            await entry.Lock.WaitAsync(cancellationToken).ConfigureAwait(false);
+            try
+            {
+                await EnsureLoadedAsync(entry, cancellationToken).ConfigureAwait(false);
+                if (entry.IsZero)
+                    destination.Span.Clear();
+                else
+                    entry.Data.AsSpan(within, destination.Length).CopyTo(destination.Span);
+            }
+            finally
+            {
+                entry.Lock.Release();
+            }
+        }
+        finally
+        {
+            Unpin(entry);
+        }
+    }
+
+    public async ValueTask PrefetchAsync(long offset, long length, CancellationToken cancellationToken = default)
+    {
+        CheckRange(offset, length);
+        if (length == 0)
+            return;
+        ulong first = (ulong)(offset / _lblkSize);
+        ulong last = (ulong)((offset + length - 1) / _lblkSize);
+        // Never prefetch more than the cache holds: it would only evict what it just loaded.
+        last = Math.Min(last, first + (ulong)_maxCached / 2);
+        for (ulong lblk = first; lblk <= last; lblk++)
+        {
+            var entry = Pin(lblk);
+            try
+            {
+                await entry.Lock.WaitAsync(cancellationToken).ConfigureAwait(false);
+                try
+                {
+                    await EnsureLoadedAsync(entry, cancellationToken).ConfigureAwait(false);
+                }
+                finally
+                {
+                    entry.Lock.Release();
+                }
+            }
+            finally
+            {
+                Unpin(entry);
+            }
+        }
+    }
+
+    /// <summary>Loads an lblk from the backing store into its cache entry. Caller holds the entry's lock.</summary>
+    private async ValueTask EnsureLoadedAsync(CachedLblk entry, CancellationToken cancellationToken)
+    {
+        if (entry.Loaded)
+            return;
+        LblkAlloc alloc;
+        try
+        {
+            alloc = await _lbat.ReadAsync(entry.Lblk, cancellationToken).ConfigureAwait(false);
+        }
+        catch (InvalidDataException e)
+        {
+            throw new LblkCorruptException((long)entry.Lblk, e.Message);
+        }
+        if (!alloc.IsAllocated)
+        {
+            entry.IsZero = true;
+            entry.Loaded = true;
+            return;
+        }
+        var format = _geometry.Alloc;
+        int storedBytes = format.StoredBytes(alloc.Length);
+        byte[] stored = ArrayPool<byte>.Shared.Rent(alloc.Pblks.Length * Layout.PblkSize);
+        try
+        {
+            await ReadPblksAsync(alloc.Pblks, stored, cancellationToken).ConfigureAwait(false);
+            var bytes = stored.AsSpan(0, storedBytes);
+            if (_crc)
+            {
+                uint actual = Checksums.LblkCrc(entry.Lblk, bytes);
+                if (actual != alloc.Crc)
+                    throw new LblkCorruptException((long)entry.Lblk, $"checksum mismatch (stored 0x{alloc.Crc:x8}, computed 0x{actual:x8}) in pblks {string.Join(',', alloc.Pblks)}");
+            }
+            byte[] data = ArrayPool<byte>.Shared.Rent(_lblkSize);
+            bool ok;
+            if (alloc.Length == format.UncompressedLength)
+            {
+                bytes.CopyTo(data);
+                ok = true;
+            }
+            else
+            {
+                var codec = Codec.ForReading(bytes[0]);
+                ok = codec is not null && codec.TryDecompress(bytes[1..], data.AsSpan(0, _lblkSize));
+            }
+            if (!ok)
+            {
+                ArrayPool<byte>.Shared.Return(data);
+                throw new LblkCorruptException((long)entry.Lblk, $"stored bytes (algorithm id {bytes[0]}, {storedBytes} bytes) do not decompress to one {_lblkSize}-byte lblk");
+            }
+            entry.Data = data;
+            entry.IsZero = false;
+            entry.Loaded = true;
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(stored);
+        }
+    }
+
+    /// <summary>Reads pblks into consecutive 4 KiB slots of <paramref name="destination"/>, one I/O per contiguous run.</summary>
+    private async ValueTask ReadPblksAsync(ulong[] pblks, byte[] destination, CancellationToken cancellationToken)
+    {
+        int i = 0;
+        while (i < pblks.Length)
+        {
+            int run = 1;
+            while (i + run < pblks.Length && pblks[i + run] == pblks[i] + (ulong)run)
+                run++;
+            await _store.ReadAsync((long)pblks[i] * Layout.PblkSize, destination.AsMemory(i * Layout.PblkSize, run * Layout.PblkSize), cancellationToken).ConfigureAwait(false);
+            i += run;
+        }
+    }
+
+    private async ValueTask WritePblksAsync(ulong[] pblks, byte[] source, CancellationToken cancellationToken)
+    {
+        int i = 0;
+        while (i < pblks.Length)
+        {
+            int run = 1;
+            while (i + run < pblks.Length && pblks[i + run] == pblks[i] + (ulong)run)
+                run++;
+            await _store.WriteAsync((long)pblks[i] * Layout.PblkSize, source.AsMemory(i * Layout.PblkSize, run * Layout.PblkSize), cancellationToken).ConfigureAwait(false);
+            i += run;
+        }
+    }
+
+    // ---- writes ----
+
+    public async ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua = false, CancellationToken cancellationToken = default)
+    {
+        CheckWritable();
+        CheckRange(offset, data.Length);
+        while (!data.IsEmpty)
+        {
+            ulong lblk = (ulong)(offset / _lblkSize);
+            int within = (int)(offset % _lblkSize);
+            int n = Math.Min(data.Length, _lblkSize - within);
+            await ModifyAsync(lblk, within, data[..n], zero: false, cancellationToken).ConfigureAwait(false);
+            data = data[n..];
+            offset += n;
+        }
+        if (fua)
+            await FlushAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    public ValueTask TrimAsync(long offset, long length, CancellationToken cancellationToken = default) =>
+        ZeroRangeAsync(offset, length, deallocate: true, fua: false, cancellationToken);
+
+    public ValueTask WriteZeroesAsync(long offset, long length, bool mayDeallocate = true, bool fua = false, CancellationToken cancellationToken = default) =>
+        ZeroRangeAsync(offset, length, mayDeallocate || _zeroDetect, fua, cancellationToken);
+
+    private async ValueTask ZeroRangeAsync(long offset, long length, bool deallocate, bool fua, CancellationToken cancellationToken)
+    {
+        CheckWritable();
+        CheckRange(offset, length);
+        while (length > 0)
+        {
+            ulong lblk = (ulong)(offset / _lblkSize);
+            int within = (int)(offset % _lblkSize);
+            int n = (int)Math.Min(length, _lblkSize - within);
+            bool whole = n == _lblkSize;
+            await ModifyAsync(lblk, within, ReadOnlyMemory<byte>.Empty, zero: whole && deallocate, cancellationToken, zeroLength: n).ConfigureAwait(false);
+            offset += n;
+            length -= n;
+        }
+        if (fua)
+            await FlushAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Applies one change inside one lblk: copy <paramref name="data"/> at <paramref name="within"/>, or
+    /// with <paramref name="zero"/> make the whole lblk zero (deallocated at write-back).
+    /// <paramref name="zeroLength"/>, when set, writes that many zero bytes instead of <paramref name="data"/>.
+    /// </summary>
+    private async ValueTask ModifyAsync(ulong lblk, int within, ReadOnlyMemory<byte> data, bool zero, CancellationToken cancellationToken, int zeroLength = -1)
+    {
+        await ThrottleAsync(cancellationToken).ConfigureAwait(false);
+        int pblksPerLblk = _geometry.Alloc.PblksPerLblk;
+        var entry = Pin(lblk);
+        int held = 0;
+        try
+        {
+            while (true)
+            {
+                // A change that stores data needs a reservation unless the entry has one already.
+                if (!zero && held == 0 && !Volatile.Read(ref entry.Reserved))
+                    held = await ReserveAsync(pblksPerLblk, cancellationToken).ConfigureAwait(false);
+                await entry.Lock.WaitAsync(cancellationToken).ConfigureAwait(false);
+                try
+                {
+                    bool needsReservation = !zero && !entry.Reserved;
+                    if (needsReservation && held == 0)
+                        continue; // write-back took the entry's reservation meanwhile: reserve anew
+                    Apply(entry, within, data.Span, zero, zeroLength);
+                    if (!entry.Loaded)
+                        await EnsureLoadedAndApplyAsync(entry, within, data, zeroLength, cancellationToken).ConfigureAwait(false);
+                    // Only a change that happened owns a reservation: a failed read-modify-write gives it back.
+                    if (needsReservation)
+                    {
+                        entry.Reserved = true;
+                        held = 0;
+                    }
+                    entry.Version++;
+                    if (!entry.Dirty)
+                    {
+                        entry.Dirty = true;
+                        lock (_cacheLock)
+                        {
+                            if (_dirty.Count == 0)
+                                _dirtySince = Stopwatch.GetTimestamp();
+                            _dirty.Add(entry);
+                        }
+                    }
+                    break;
+                }
+                finally
+                {
+                    entry.Lock.Release();
+                }
+            }
+        }
+        finally
+        {
+            if (held > 0)
+                _alloc.Unreserve(held);
+            Unpin(entry);
+        }
+    }
+
+    /// <summary>The synchronous part of a change: everything unless the lblk must first be read.</summary>
+    private void Apply(CachedLblk entry, int within, ReadOnlySpan<byte> data, bool zero, int zeroLength)
+    {
+        int length = zeroLength >= 0 ? zeroLength : data.Length;
+        if (zero)
+        {
+            ReleaseData(entry);
+            entry.IsZero = true;
+            entry.Loaded = true;
+            return;
+        }
+        if (!entry.Loaded && length == _lblkSize)
+        {
+            entry.Data ??= ArrayPool<byte>.Shared.Rent(_lblkSize);
+            entry.IsZero = false;
+            entry.Loaded = true;
+        }
+        if (!entry.Loaded)
+            return; // read-modify-write: EnsureLoadedAndApplyAsync finishes it
+        if (entry.IsZero)
+        {
+            entry.Data ??= ArrayPool<byte>.Shared.Rent(_lblkSize);
+            entry.Data.AsSpan(0, _lblkSize).Clear();
+            entry.IsZero = false;
+        }
+        var target = entry.Data.AsSpan(within, length);
+        if (zeroLength >= 0)
+            target.Clear();
+        else
+            data.CopyTo(target);
+    }
+
+    private async ValueTask EnsureLoadedAndApplyAsync(CachedLblk entry, int within, ReadOnlyMemory<byte> data, int zeroLength, CancellationToken cancellationToken)
+    {
+        await EnsureLoadedAsync(entry, cancellationToken).ConfigureAwait(false);
+        Apply(entry, within, data.Span, zero: false, zeroLength);
+    }
+
+    private static void ReleaseData(CachedLblk entry)
+    {
+        if (entry.Data is { } data)
+        {
+            entry.Data = null;
+            ArrayPool<byte>.Shared.Return(data);
+        }
+    }
+
+    /// <summary>Reserves one lblk's worth of pblks, writing back to make room when needed.</summary>
+    private async ValueTask<int> ReserveAsync(int count, CancellationToken cancellationToken)
+    {
+        for (int attempt = 0; ; attempt++)
+        {
+            if (_alloc.TryReserve(count))
+                return count;
+            if (attempt == 2)
+                throw new OutOfSpaceException(
+                    $"no space left: {_alloc.Free} free data pblks, {_alloc.Reserved} promised to unwritten lblks, {count} needed");
+            // Write-back releases reservations beyond what compression needed and frees replaced pblks.
+            await CheckpointAsync(Interlocked.Read(ref _checkpointsStarted), cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    private async ValueTask ThrottleAsync(CancellationToken cancellationToken)
+    {
+        int dirty;
+        lock (_cacheLock)
+            dirty = _dirty.Count;
+        if (dirty >= _dirtyMax)
+            await CheckpointAsync(Interlocked.Read(ref _checkpointsStarted), cancellationToken).ConfigureAwait(false);
+        else if (dirty >= _dirtyHigh)
+            Kick();
+    }
+
+    private void Kick()
+    {
+        try
+        {
+            if (_kick.CurrentCount == 0)
+                _kick.Release();
+        }
+        catch (SemaphoreFullException)
+        {
+        }
+    }
+
+    // ---- flush and write-back ----
+
+    public async ValueTask FlushAsync(CancellationToken cancellationToken = default)
+    {
+        if (IsReadOnly)
+            return;
+        await CheckpointAsync(Interlocked.Read(ref _checkpointsStarted), cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Writes back every dirty lblk and makes it durable. Skipped when a checkpoint numbered above
+    /// <paramref name="coveredAfter"/> (so started after the caller's writes) has completed meanwhile.
+    /// </summary>
+    private async ValueTask CheckpointAsync(long coveredAfter, CancellationToken cancellationToken)
+    {
+        await _checkpointLock.WaitAsync(cancellationToken).ConfigureAwait(false);
+        try
+        {
+            if (_failed is { } failed)
+                ThrowHelper.Failed(failed);
+            if (Interlocked.Read(ref _checkpointsCompleted) > coveredAfter)
+                return;
+            long number = Interlocked.Increment(ref _checkpointsStarted);
+            try
+            {
+                await RunCheckpointAsync().ConfigureAwait(false);
+            }
+            catch (Exception e)
+            {
+                // The image on disk is still consistent (nothing live was overwritten), but what is in
+                // memory may not be: stop taking writes rather than risk them.
+                _failed = e;
+                throw;
+            }
+            Interlocked.Exchange(ref _checkpointsCompleted, number);
+        }
+        finally
+        {
+            _checkpointLock.Release();
+        }
+    }
+
+    private sealed record WrittenBack(CachedLblk Entry, long Version, LblkAlloc Alloc);
+
+    /// <summary>
+    /// The write-back order that keeps the image consistent at every instant:
+    /// 1. compress dirty lblks and write them to free pblks; 2. fsync, so the data is durable before
+    /// any entry points at it; 3. publish the new lblk_alloc entries and write the lbat pblks;
+    /// 4. fsync; 5. only now free the replaced pblks, since until step 4 a power cut would bring the old
+    /// entries back, and they must still find their data.
+    /// </summary>
+    private async Task RunCheckpointAsync()
+    {
+        // Write-back runs to completion once started: cancelling half-way would strand reservations.
+        var ct = CancellationToken.None;
+        List<CachedLblk> batch;
+        lock (_cacheLock)
+        {
+            batch = [.. _dirty];
+            foreach (var entry in batch)
+                entry.Pins++;
+        }
+        try
+        {
+            if (batch.Count == 0 && !_lbat.HasDirty)
+                return;
+            var results = new WrittenBack?[batch.Count];
+            await Parallel.ForAsync(0, batch.Count, new ParallelOptions { MaxDegreeOfParallelism = _parallelism },
+                async (i, token) => results[i] = await WriteBackAsync(batch[i], token).ConfigureAwait(false)).ConfigureAwait(false);
+
+            await _store.FlushAsync(ct).ConfigureAwait(false);
+
+            var freed = new List<ulong>();
+            foreach (var result in results)
+            {
+                if (result is null)
+                    continue;
+                var old = await _lbat.ReadAsync(result.Entry.Lblk, ct).ConfigureAwait(false);
+                await _lbat.WriteAsync(result.Entry.Lblk, result.Alloc, ct).ConfigureAwait(false);
+                freed.AddRange(old.Pblks);
+                Interlocked.Add(ref _lblksUsed, (result.Alloc.IsAllocated ? 1 : 0) - (old.IsAllocated ? 1 : 0));
+                Interlocked.Add(ref _pblksUsed, result.Alloc.Pblks.Length - old.Pblks.Length);
+            }
+            // The entries are published in memory: an evicted lblk now reloads its new contents.
+            foreach (var result in results)
+            {
+                if (result is null)
+                    continue;
+                var entry = result.Entry;
+                await entry.Lock.WaitAsync(ct).ConfigureAwait(false);
+                try
+                {
+                    if (entry.Version == result.Version)
+                    {
+                        entry.Dirty = false;
+                        lock (_cacheLock)
+                            _dirty.Remove(entry);
+                    }
+                }
+                finally
+                {
+                    entry.Lock.Release();
+                }
+            }
+            await _lbat.WriteDirtyAsync(ct).ConfigureAwait(false);
+            await _store.FlushAsync(ct).ConfigureAwait(false);
+            await _alloc.FreeAsync(freed, ct).ConfigureAwait(false);
+            lock (_cacheLock)
+            {
+                if (_dirty.Count > 0)
+                    _dirtySince = Stopwatch.GetTimestamp();
+            }
+        }
+        finally
+        {
+            lock (_cacheLock)
+            {
+                foreach (var entry in batch)
+                    entry.Pins--;
+            }
+            EvictIfNeeded();
+        }
+    }
+
+    /// <summary>Compresses one dirty lblk and writes it to newly allocated pblks; null when it is no longer dirty.</summary>
+    private async ValueTask<WrittenBack?> WriteBackAsync(CachedLblk entry, CancellationToken cancellationToken)
+    {
+        long version;
+        int reserved;
+        uint length;
+        uint crc = 0;
+        int storedBytes = 0;
+        byte[]? stored = null;
+        var format = _geometry.Alloc;
+        await entry.Lock.WaitAsync(cancellationToken).ConfigureAwait(false);
+        try
+        {
+            if (!entry.Dirty)
+                return null;
+            version = entry.Version;
+            // The reservation moves to this write-back; a write that lands meanwhile reserves anew.
+            reserved = entry.Reserved ? format.PblksPerLblk : 0;
+            entry.Reserved = false;
+            var data = entry.IsZero ? default : entry.Data.AsSpan(0, _lblkSize);
+            if (entry.IsZero || (_zeroDetect && !data.ContainsAnyExcept((byte)0)))
+            {
+                length = 0;
+            }
+            else
+            {
+                Invariant.Check(reserved > 0, $"lblk {entry.Lblk} dirty with data but no reservation");
+                stored = ArrayPool<byte>.Shared.Rent(_lblkSize);
+                int compressed = _codec.Compress(data, stored.AsSpan(1, format.MaxCompressedLength - 1));
+                if (compressed > 0)
+                {
+                    stored[0] = (byte)_codec.Algorithm;
+                    storedBytes = 1 + compressed;
+                    length = (uint)storedBytes;
+                }
+                else
+                {
+                    data.CopyTo(stored);
+                    storedBytes = _lblkSize;
+                    length = format.UncompressedLength;
+                }
+                if (_crc)
+                    crc = Checksums.LblkCrc(entry.Lblk, stored.AsSpan(0, storedBytes));
+            }
+        }
+        finally
+        {
+            entry.Lock.Release();
+        }
+
+        if (stored is null)
+        {
+            if (reserved > 0)
+                _alloc.Unreserve(reserved);
+            return new WrittenBack(entry, version, LblkAlloc.Unallocated);
+        }
+        try
+        {
+            int count = format.PblksFor(length);
+            stored.AsSpan(storedBytes, count * Layout.PblkSize - storedBytes).Clear();
+            var pblks = new ulong[count];
+            await _alloc.AllocateAsync(_geometry.HomeZone(entry.Lblk), pblks, reserved, cancellationToken).ConfigureAwait(false);
+            await WritePblksAsync(pblks, stored, cancellationToken).ConfigureAwait(false);
+            return new WrittenBack(entry, version, new LblkAlloc(length, crc, pblks));
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(stored);
+        }
+    }
+
+    private async Task WriteBackLoopAsync()
+    {
+        var token = _stop.Token;
+        var tick = TimeSpan.FromMilliseconds(Math.Clamp(_options.FlushDelay.TotalMilliseconds / 4, 10, 1000));
+        while (!token.IsCancellationRequested)
+        {
+            try
+            {
+                await _kick.WaitAsync(tick, token).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException)
+            {
+                return;
+            }
+            bool due;
+            lock (_cacheLock)
+            {
+                due = _dirty.Count >= _dirtyHigh ||
+                      (_dirty.Count > 0 && Stopwatch.GetElapsedTime(_dirtySince) >= _options.FlushDelay);
+            }
+            if (!due)
+                continue;
+            try
+            {
+                await CheckpointAsync(Interlocked.Read(ref _checkpointsStarted), token).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException)
+            {
+                return;
+            }
+            catch (Exception)
+            {
+                return; // _failed holds the cause; writes and flushes now report it
+            }
+        }
+    }
+
+    // ---- cache ----
+
+    private CachedLblk Pin(ulong lblk)
+    {
+        CachedLblk? entry;
+        bool added = false;
+        lock (_cacheLock)
+        {
+            if (!_cache.TryGetValue(lblk, out entry))
+            {
+                entry = new CachedLblk(lblk);
+                _cache.Add(lblk, entry);
+                added = true;
+            }
+            entry.Pins++;
+            entry.LastUse = ++_useClock;
+        }
+        if (added)
+            EvictIfNeeded();
+        return entry;
+    }
+
+    private void Unpin(CachedLblk entry)
+    {
+        lock (_cacheLock)
+            entry.Pins--;
+    }
+
+    /// <summary>Drops the least recently used clean, unpinned entries while the cache is over budget.</summary>
+    private void EvictIfNeeded()
+    {
+        List<CachedLblk>? victims = null;
+        lock (_cacheLock)
+        {
+            int excess = _cache.Count - _maxCached;
+            if (excess <= 0)
+                return;
+            excess += _maxCached / 8; // evict in batches, not one entry per miss
+            victims = [.. _cache.Values.Where(e => e.Pins == 0 && !e.Dirty).OrderBy(e => e.LastUse).Take(excess)];
+            foreach (var victim in victims)
+                _cache.Remove(victim.Lblk);
+        }
+        // Unpinned and unlisted: nobody holds or can reach these entries any more.
+        foreach (var victim in victims)
+            ReleaseData(victim);
+    }
+
+    // ---- status ----
+
+    public async ValueTask<IReadOnlyList<BlockExtent>> GetBlockStatusAsync(long offset, long length, CancellationToken cancellationToken = default)
+    {
+        CheckRange(offset, length);
+        var extents = new List<BlockExtent>();
+        while (length > 0)
+        {
+            ulong lblk = (ulong)(offset / _lblkSize);
+            int n = (int)Math.Min(length, _lblkSize - offset % _lblkSize);
+            var (hole, zero) = await LblkStatusAsync(lblk, cancellationToken).ConfigureAwait(false);
+            if (extents.Count > 0 && extents[^1].IsHole == hole && extents[^1].IsZero == zero)
+                extents[^1] = extents[^1] with { Length = extents[^1].Length + n };
+            else
+                extents.Add(new BlockExtent(n, hole, zero));
+            offset += n;
+            length -= n;
+        }
+        return extents;
+    }
+
+    private async ValueTask<(bool Hole, bool Zero)> LblkStatusAsync(ulong lblk, CancellationToken cancellationToken)
+    {
+        CachedLblk? entry;
+        lock (_cacheLock)
+        {
+            if (_cache.TryGetValue(lblk, out entry))
+                entry.Pins++;
+        }
+        if (entry is not null)
+        {
+            try
+            {
+                await entry.Lock.WaitAsync(cancellationToken).ConfigureAwait(false);
+                try
+                {
+                    if (entry.Dirty)
+                        return entry.IsZero ? (true, true) : (false, false);
+                }
+                finally
+                {
+                    entry.Lock.Release();
+                }
+            }
+            finally
+            {
+                Unpin(entry);
+            }
+        }
+        LblkAlloc alloc;
+        try
+        {
+            alloc = await _lbat.ReadAsync(lblk, cancellationToken).ConfigureAwait(false);
+        }
+        catch (InvalidDataException)
+        {
+            return (false, false); // a corrupt entry is data as far as status goes; reading it reports the error
+        }
+        return alloc.IsAllocated ? (false, false) : (true, true);
+    }
+
+    // ---- open and close ----
+
+    /// <summary>Rebuilds the pbats and the stats from the lbats after an unclean close.</summary>
+    private async ValueTask RebuildAsync(CancellationToken cancellationToken)
+    {
+        _alloc.ResetForRebuild();
+        long lblks = 0, pblks = 0;
+        await foreach (var (lblk, alloc) in ScanLbatAsync(_geometry, _store, cancellationToken).ConfigureAwait(false))
+        {
+            foreach (ulong pblk in alloc.Pblks)
+            {
+                if (!_alloc.TryClaimForRebuild(pblk))
+                    throw new InvalidDataException($"lblk {lblk}: pblk {pblk} is claimed by another lblk too; run cbd check --repair");
+            }
+            lblks++;
+            pblks += alloc.Pblks.Length;
+        }
+        _lblksUsed = lblks;
+        _pblksUsed = pblks;
+    }
+
+    /// <summary>Every allocated lblk_alloc entry, zone by zone; throws <see cref="InvalidDataException"/> for one that cannot be valid.</summary>
+    internal static async IAsyncEnumerable<(ulong Lblk, LblkAlloc Alloc)> ScanLbatAsync(Geometry geometry, IBackingStore store,
+        [System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken cancellationToken = default)
+    {
+        var format = geometry.Alloc;
+        byte[] lbat = new byte[checked((int)geometry.LbatPblks * Layout.PblkSize)];
+        var slots = new ulong[format.PblksPerLblk];
+        for (uint zone = 0; zone < geometry.NrZones; zone++)
+        {
+            await store.ReadAsync((long)geometry.LbatStart(zone) * Layout.PblkSize, lbat, cancellationToken).ConfigureAwait(false);
+            ulong first = (ulong)zone * geometry.LblkPerZone;
+            for (long i = 0; i < geometry.LblkPerZone && first + (ulong)i < geometry.NrLblks; i++)
+            {
+                int at = (int)format.EntryOffset(i);
+                format.Read(lbat.AsSpan(at), slots, out uint length, out uint crc);
+                if (length == 0 && crc == 0 && !slots.AsSpan().ContainsAnyExcept(0UL))
+                    continue;
+                yield return (first + (ulong)i, LbatCache.Decode(geometry, first + (ulong)i, slots, length, crc));
+            }
+        }
+    }
+
+    private async ValueTask WriteHeaderAsync(bool dirty, CancellationToken cancellationToken)
+    {
+        var flags = dirty ? Header.Flags | HeaderFlags.Dirty : Header.Flags & ~HeaderFlags.Dirty;
+        var header = Header with
+        {
+            Flags = flags,
+            LblkUsed = (ulong)Interlocked.Read(ref _lblksUsed),
+            PblkUsed = (ulong)Interlocked.Read(ref _pblksUsed),
+        };
+        byte[] page = new byte[Layout.HeaderSize];
+        header.Write(page);
+        // Only the first sector holds fields: one atomic sector write.
+        await _store.WriteAsync(0, page.AsMemory(0, Layout.SectorSize), cancellationToken).ConfigureAwait(false);
+        await _store.FlushAsync(cancellationToken).ConfigureAwait(false);
+        Header = header;
+    }
+
+    /// <summary>
+    /// Writes back everything, writes the pbats and marks the image clean, then closes the backing
+    /// store. After a backing store failure the image is left marked dirty, for recovery at next open.
+    /// </summary>
+    public async ValueTask DisposeAsync()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+            return;
+        try
+        {
+            if (!IsReadOnly)
+            {
+                _stop.Cancel();
+                if (_writeBackLoop is not null)
+                    await _writeBackLoop.ConfigureAwait(false);
+                if (_failed is null)
+                {
+                    await CheckpointAsync(Interlocked.Read(ref _checkpointsStarted), CancellationToken.None).ConfigureAwait(false);
+                    await _alloc.WriteDirtyAsync(CancellationToken.None).ConfigureAwait(false);
+                    await _store.FlushAsync().ConfigureAwait(false);
+                    await WriteHeaderAsync(dirty: false, CancellationToken.None).ConfigureAwait(false);
+                }
+            }
+        }
+        finally
+        {
+            lock (_cacheLock)
+            {
+                foreach (var entry in _cache.Values)
+                    ReleaseData(entry);
+                _cache.Clear();
+                _dirty.Clear();
+            }
+            await _store.DisposeAsync().ConfigureAwait(false);
+        }
+    }
+
+    // ---- checks ----
+
+    private void CheckRange(long offset, long length)
+    {
+        if (offset < 0 || length < 0 || offset > Size - length)
+            ThrowHelper.OutOfRange(offset, length, Size);
+        ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
+    }
+
+    private void CheckWritable()
+    {
+        if (IsReadOnly)
+            ThrowHelper.ReadOnly();
+        if (_failed is { } failed)
+            ThrowHelper.Failed(failed);
+    }
+}

@@ -1,0 +1,30 @@
+using System.Diagnostics.CodeAnalysis;
+
+namespace Cbd.Core.Engine;
+
+/// <summary>Always-on checks of internal invariants: a broken one is a bug, never a user error.</summary>
+internal static class Invariant
+{
+    public static void Check([DoesNotReturnIf(false)] bool condition, string message)
+    {
+        if (!condition)
+            Fail(message);
+    }
+
+    [DoesNotReturn]
+    private static void Fail(string message) => throw new InvalidOperationException($"internal invariant broken: {message}");
+}
+
+internal static class ThrowHelper
+{
+    [DoesNotReturn]
+    public static void OutOfRange(long offset, long length, long size) =>
+        throw new ArgumentOutOfRangeException(nameof(offset), $"range [{offset}, {offset + length}) is outside the device of {size} bytes");
+
+    [DoesNotReturn]
+    public static void ReadOnly() => throw new ReadOnlyDeviceException();
+
+    [DoesNotReturn]
+    public static void Failed(Exception cause) =>
+        throw new IOException($"the device stopped accepting writes after a backing store error: {cause.Message}", cause);
+}

@@ -1,0 +1,148 @@
+using System.Buffers.Binary;
+using System.Numerics;
+
+namespace Cbd.Core.Engine;
+
+/// <summary>
+/// One zone's physical block allocation table: bit i set = data pblk i of the zone is in use. Bit i is
+/// bit (i % 8) of byte i / 8 on disk. Not thread-safe: the <see cref="Allocator"/> serializes access.
+/// </summary>
+internal sealed class Pbat
+{
+    private readonly ulong[] _words = new ulong[Format.Layout.PblksPerZoneData / 64];
+    private int _searchFrom;
+
+    public Pbat(int dataPblks)
+    {
+        DataPblks = dataPblks;
+        Free = dataPblks;
+    }
+
+    /// <summary>Data pblks in the zone (bits past it are never set).</summary>
+    public int DataPblks { get; }
+    public int Free { get; private set; }
+
+    /// <summary>Changed since last written to disk.</summary>
+    public bool Dirty { get; set; }
+
+    public bool IsSet(int bit) => (_words[bit >> 6] & (1UL << bit)) != 0;
+
+    public void Set(int bit)
+    {
+        Invariant.Check(bit < DataPblks && !IsSet(bit), $"pbat bit {bit} set twice");
+        _words[bit >> 6] |= 1UL << bit;
+        Free--;
+        Dirty = true;
+    }
+
+    public void Clear(int bit)
+    {
+        Invariant.Check(IsSet(bit), $"pbat bit {bit} freed while free");
+        _words[bit >> 6] &= ~(1UL << bit);
+        Free++;
+        Dirty = true;
+        if (bit < _searchFrom)
+            _searchFrom = bit;
+    }
+
+    /// <summary>
+    /// Allocates <paramref name="count"/> bits, a contiguous run when one exists, else the first free
+    /// bits; returns false (allocating nothing) when the zone has fewer free bits than that.
+    /// </summary>
+    public bool TryAllocate(int count, Span<int> bits)
+    {
+        if (Free < count)
+            return false;
+        int start = FindRun(count, _searchFrom);
+        if (start < 0 && _searchFrom > 0)
+            start = FindRun(count, 0);
+        if (start >= 0)
+        {
+            for (int i = 0; i < count; i++)
+            {
+                Set(start + i);
+                bits[i] = start + i;
+            }
+            _searchFrom = start + count;
+            return true;
+        }
+        int found = 0;
+        for (int w = 0; w < _words.Length && found < count; w++)
+        {
+            ulong free = ~_words[w];
+            while (free != 0 && found < count)
+            {
+                int bit = (w << 6) + BitOperations.TrailingZeroCount(free);
+                free &= free - 1;
+                if (bit >= DataPblks)
+                    break;
+                Set(bit);
+                bits[found++] = bit;
+            }
+        }
+        Invariant.Check(found == count, "pbat free count disagrees with its bits");
+        return true;
+    }
+
+    private int FindRun(int count, int from)
+    {
+        int run = 0;
+        for (int bit = from; bit < DataPblks; bit++)
+        {
+            ulong word = _words[bit >> 6];
+            if (word == ulong.MaxValue && (bit & 63) == 0)
+            {
+                run = 0;
+                bit += 63;
+                continue;
+            }
+            if ((word & (1UL << bit)) == 0)
+            {
+                if (++run == count)
+                    return bit - count + 1;
+            }
+            else
+            {
+                run = 0;
+            }
+        }
+        return -1;
+    }
+
+    public void Load(ReadOnlySpan<byte> page)
+    {
+        int used = 0;
+        for (int w = 0; w < _words.Length; w++)
+        {
+            ulong word = BinaryPrimitives.ReadUInt64LittleEndian(page[(w * 8)..]);
+            _words[w] = word;
+            used += BitOperations.PopCount(word);
+        }
+        Free = DataPblks - used;
+        _searchFrom = 0;
+        Dirty = false;
+    }
+
+    /// <summary>Bits set past <see cref="DataPblks"/>: such a pbat is corrupt.</summary>
+    public int BitsBeyondData()
+    {
+        int n = 0;
+        for (int bit = DataPblks; bit < Format.Layout.PblksPerZoneData; bit++)
+            n += IsSet(bit) ? 1 : 0;
+        return n;
+    }
+
+    public void Store(Span<byte> page)
+    {
+        for (int w = 0; w < _words.Length; w++)
+            BinaryPrimitives.WriteUInt64LittleEndian(page[(w * 8)..], _words[w]);
+    }
+
+    public void ClearAll()
+    {
+        Array.Clear(_words);
+        Free = DataPblks;
+        _searchFrom = 0;
+        Dirty = true;
+    }
+}

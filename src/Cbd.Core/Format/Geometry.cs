@@ -1,0 +1,185 @@
+namespace Cbd.Core.Format;
+
+/// <summary>
+/// Where everything lives on a device: zones of [pbat | lbat | data] after the header
+/// (docs/FORMAT.md, "Geometry"). Built only from a header that passed <see cref="FromHeader"/>.
+/// </summary>
+public sealed class Geometry
+{
+    private Geometry(Header header)
+    {
+        Header = header;
+        NrPblks = header.NrPhysicalSectors / Layout.SectorsPerPblk;
+        Alloc = new LblkAllocFormat(header.LblkShift, NrPblks, header.Flags.HasFlag(HeaderFlags.LblkCrc));
+        NrLblks = header.NrLogicalSectors * Layout.SectorSize / (ulong)header.LblkSize;
+        NrZones = header.NrZones;
+        LblkPerZone = header.LblkPerZone;
+        LbatPblks = (ulong)Alloc.LbatPblks(LblkPerZone);
+        ZoneStride = 1 + LbatPblks + Layout.PblksPerZoneData;
+    }
+
+    public Header Header { get; }
+
+    /// <summary>pblks of the device, header included; pblk n is at byte n * 4096.</summary>
+    public ulong NrPblks { get; }
+    public ulong NrLblks { get; }
+    public uint NrZones { get; }
+    public uint LblkPerZone { get; }
+    public LblkAllocFormat Alloc { get; }
+    public ulong LbatPblks { get; }
+
+    /// <summary>pblks from one zone's start to the next's: pbat, lbat, 32768 data pblks.</summary>
+    public ulong ZoneStride { get; }
+    public int LblkSize => Alloc.LblkSize;
+    public long LogicalBytes => (long)NrLblks * LblkSize;
+
+    /// <summary>The zone's pbat pblk.</summary>
+    public ulong ZoneStart(uint zone) => 1 + zone * ZoneStride;
+    public ulong LbatStart(uint zone) => ZoneStart(zone) + 1;
+    public ulong DataStart(uint zone) => ZoneStart(zone) + 1 + LbatPblks;
+
+    /// <summary>Data pblks of the zone: 32768, fewer in a last, partial zone.</summary>
+    public int DataPblks(uint zone) => (int)Math.Min(Layout.PblksPerZoneData, NrPblks - DataStart(zone));
+
+    public ulong TotalDataPblks => (NrZones - 1UL) * Layout.PblksPerZoneData + (ulong)DataPblks(NrZones - 1);
+
+    /// <summary>The zone and pbat bit of a data pblk; false for header, pbat and lbat pblks and pblks past the end.</summary>
+    public bool TryLocateDataPblk(ulong pblk, out uint zone, out int bit)
+    {
+        zone = 0;
+        bit = 0;
+        if (pblk == 0 || pblk >= NrPblks)
+            return false;
+        ulong z = (pblk - 1) / ZoneStride;
+        if (z >= NrZones)
+            return false;
+        ulong offset = pblk - DataStart((uint)z);
+        if (pblk < DataStart((uint)z) || offset >= (ulong)DataPblks((uint)z))
+            return false;
+        zone = (uint)z;
+        bit = (int)offset;
+        return true;
+    }
+
+    public uint HomeZone(ulong lblk) => (uint)(lblk / LblkPerZone);
+
+    /// <summary>Byte offset on the backing store of lblk's lblk_alloc entry.</summary>
+    public long EntryByteOffset(ulong lblk)
+    {
+        uint zone = HomeZone(lblk);
+        return (long)LbatStart(zone) * Layout.PblkSize + Alloc.EntryOffset((long)(lblk % LblkPerZone));
+    }
+
+    /// <summary>
+    /// Validates a header's geometry against itself and the backing store; throws
+    /// <see cref="InvalidDataException"/> naming the field, its value and what was expected.
+    /// </summary>
+    public static Geometry FromHeader(Header header, long backingLength)
+    {
+        if (header.NrPhysicalSectors % Layout.SectorsPerPblk != 0)
+            throw new InvalidDataException($"nr_physical_sectors: {header.NrPhysicalSectors}, expected a multiple of {Layout.SectorsPerPblk} (whole 4 KiB pblks)");
+        if (header.LblkShift > 15)
+            throw new InvalidDataException($"lblk_shift: {header.LblkShift}, expected 0..15");
+        ulong nrPblks = header.NrPhysicalSectors / Layout.SectorsPerPblk;
+        if (nrPblks > 1UL << 48)
+            throw new InvalidDataException($"nr_physical_sectors: {header.NrPhysicalSectors}, expected at most 2^48 pblks");
+        bool crc = header.Flags.HasFlag(HeaderFlags.LblkCrc);
+        int maxShift = LblkAllocFormat.MaxLblkShift(nrPblks, crc);
+        if (header.LblkShift > maxShift)
+            throw new InvalidDataException(
+                $"lblk_shift: {header.LblkShift}, expected 0..{maxShift} for a device of {nrPblks} pblks (an lblk_alloc entry must fit in one 512-byte sector)");
+        if ((ulong)backingLength < header.NrPhysicalSectors * Layout.SectorSize)
+            throw new InvalidDataException(
+                $"nr_physical_sectors: {header.NrPhysicalSectors} ({header.NrPhysicalSectors * Layout.SectorSize} bytes), but the backing store holds only {backingLength} bytes");
+        ulong lblkSize = (ulong)header.LblkSize;
+        if (header.NrLogicalSectors == 0 || header.NrLogicalSectors * Layout.SectorSize % lblkSize != 0 ||
+            header.NrLogicalSectors > ulong.MaxValue / Layout.SectorSize)
+            throw new InvalidDataException($"nr_logical_sectors: {header.NrLogicalSectors}, expected a non-zero multiple of the lblk size ({lblkSize / Layout.SectorSize} sectors)");
+        if (header.NrZones == 0)
+            throw new InvalidDataException("nr_zones: 0, expected at least 1");
+        if (header.LblkPerZone == 0)
+            throw new InvalidDataException("lblk_per_zone: 0, expected at least 1");
+
+        var g = new Geometry(header);
+        if ((ulong)header.NrZones * header.LblkPerZone < g.NrLblks)
+            throw new InvalidDataException(
+                $"lblk_per_zone: {header.LblkPerZone} x nr_zones {header.NrZones} = {(ulong)header.NrZones * header.LblkPerZone} lblks, but nr_logical_sectors needs {g.NrLblks}");
+        // The last zone must start inside the device and hold at least one data pblk.
+        ulong lastDataStart = 1 + (header.NrZones - 1UL) * g.ZoneStride + 1 + g.LbatPblks;
+        if (lastDataStart >= nrPblks)
+            throw new InvalidDataException(
+                $"nr_zones: {header.NrZones}, but {nrPblks} pblks hold at most {MaxZones(nrPblks, g.LbatPblks)} zones of {g.LbatPblks} lbat pblks");
+        if (g.TotalDataPblks < 2UL * (ulong)g.Alloc.PblksPerLblk)
+            throw new InvalidDataException(
+                $"nr_physical_sectors: {header.NrPhysicalSectors}, leaves {g.TotalDataPblks} data pblks; at least {2 * g.Alloc.PblksPerLblk} (two lblks) are needed");
+        return g;
+    }
+
+    private static ulong MaxZones(ulong nrPblks, ulong lbatPblks)
+    {
+        ulong stride = 1 + lbatPblks + Layout.PblksPerZoneData;
+        return nrPblks < 3 + lbatPblks ? 0 : (nrPblks - 3 - lbatPblks) / stride + 1;
+    }
+
+    /// <summary>
+    /// Plans a new device: picks nr_zones and lblk_per_zone for the sizes given. Throws
+    /// <see cref="ArgumentException"/> with the limit when the sizes cannot be formatted.
+    /// </summary>
+    public static Header Plan(long physicalBytes, long logicalBytes, int lblkSize, CompressionAlgorithm algorithm, int level, HeaderFlags flags)
+    {
+        if (lblkSize < Layout.PblkSize || !int.IsPow2(lblkSize))
+            throw new ArgumentException($"lblk size {lblkSize}: must be a power of two of at least {Layout.PblkSize}");
+        int shift = int.Log2(lblkSize / Layout.PblkSize);
+        ulong nrPblks = (ulong)(physicalBytes / Layout.PblkSize);
+        if (nrPblks > 1UL << 48)
+            throw new ArgumentException($"physical size {physicalBytes}: the format holds at most 2^48 pblks (1 EiB)");
+        bool crc = flags.HasFlag(HeaderFlags.LblkCrc);
+        int maxShift = LblkAllocFormat.MaxLblkShift(nrPblks, crc);
+        if (shift > maxShift)
+            throw new ArgumentException(
+                $"lblk size {lblkSize}: at most {Layout.PblkSize << maxShift} bytes on a device of this size (an lblk_alloc entry must fit in one 512-byte sector)");
+        long nrLblks = logicalBytes / lblkSize;
+        if (nrLblks < 1)
+            throw new ArgumentException($"logical size {logicalBytes}: must hold at least one lblk of {lblkSize} bytes");
+
+        var alloc = new LblkAllocFormat(shift, nrPblks, crc);
+        // Zones and lblks per zone depend on each other through the lbat size: start from the most
+        // zones that could fit and shrink until the lbat that lblk_per_zone needs fits too.
+        ulong zones = Math.Max(1, MaxZones(nrPblks, 1));
+        ulong perZone;
+        while (true)
+        {
+            if (zones == 0 || nrPblks < 4)
+                throw new ArgumentException($"physical size {physicalBytes}: too small for the header and one zone");
+            perZone = ((ulong)nrLblks + zones - 1) / zones;
+            ulong lbat = (ulong)alloc.LbatPblks((long)perZone);
+            ulong fit = MaxZones(nrPblks, lbat);
+            if (fit >= zones)
+                break;
+            zones = fit;
+        }
+        if (zones > uint.MaxValue || perZone > uint.MaxValue)
+            throw new ArgumentException($"sizes: {zones} zones of {perZone} lblks exceed the u32 fields of the header");
+
+        var header = new Header
+        {
+            NrPhysicalSectors = nrPblks * Layout.SectorsPerPblk,
+            NrLogicalSectors = (ulong)nrLblks * (ulong)lblkSize / Layout.SectorSize,
+            LblkShift = (ushort)shift,
+            Flags = flags & ~HeaderFlags.Dirty,
+            Algorithm = algorithm,
+            Level = (byte)level,
+            NrZones = (uint)zones,
+            LblkPerZone = (uint)perZone,
+        };
+        try
+        {
+            FromHeader(header, physicalBytes);
+        }
+        catch (InvalidDataException e)
+        {
+            throw new ArgumentException($"sizes cannot be formatted: {e.Message}", e);
+        }
+        return header;
+    }
+}

@@ -1,0 +1,160 @@
+using System.Buffers.Binary;
+using System.IO.Hashing;
+
+namespace Cbd.Core.Format;
+
+/// <summary>Header flag bits (docs/FORMAT.md, "Header").</summary>
+[Flags]
+public enum HeaderFlags : ushort
+{
+    None = 0,
+
+    /// <summary>Set while the image is open for writing; set at open means the last close was not clean.</summary>
+    Dirty = 1 << 0,
+
+    /// <summary>All-zero lblks are stored as unallocated.</summary>
+    ZeroDetect = 1 << 1,
+
+    /// <summary>Every lblk_alloc entry carries a CRC32C of the lblk's stored bytes.</summary>
+    LblkCrc = 1 << 2,
+
+    Known = Dirty | ZeroDetect | LblkCrc,
+}
+
+/// <summary>Compression algorithm ids, as stored in the header and in each compressed lblk's first byte.</summary>
+public enum CompressionAlgorithm : byte
+{
+    Lz4 = 1,
+    Zlib = 2,
+    Zstd = 3,
+}
+
+/// <summary>
+/// The 4096-byte header in pblk 0. Every field lives in the first 512-byte sector, which is covered by
+/// a CRC32C, so that one sector write updates it atomically; bytes 512..4095 are reserved and zero.
+/// </summary>
+public sealed record Header
+{
+    /// <summary>Byte offsets of the header fields.</summary>
+    internal static class Offsets
+    {
+        internal const int Magic = 0x00;                                  // 0x00-0x03 byte[4]
+        internal const int VersionMajor = Magic + 4;                      // 0x04-0x05 u16
+        internal const int VersionMinor = VersionMajor + sizeof(ushort);  // 0x06-0x07 u16
+        internal const int NrPhysicalSectors = VersionMinor + sizeof(ushort); // 0x08-0x0F u64
+        internal const int NrLogicalSectors = NrPhysicalSectors + sizeof(ulong); // 0x10-0x17 u64
+        internal const int LblkShift = NrLogicalSectors + sizeof(ulong);  // 0x18-0x19 u16
+        internal const int Flags = LblkShift + sizeof(ushort);            // 0x1A-0x1B u16
+        internal const int Algorithm = Flags + sizeof(ushort);            // 0x1C u8
+        internal const int Level = Algorithm + sizeof(byte);              // 0x1D u8
+        internal const int Reserved1E = Level + sizeof(byte);             // 0x1E-0x1F u16, zero
+        internal const int NrZones = Reserved1E + sizeof(ushort);         // 0x20-0x23 u32
+        internal const int LblkPerZone = NrZones + sizeof(uint);          // 0x24-0x27 u32
+        internal const int PblkUsed = LblkPerZone + sizeof(uint);         // 0x28-0x2F u64
+        internal const int LblkUsed = PblkUsed + sizeof(ulong);           // 0x30-0x37 u64
+        internal const int ReservedEnd = LblkUsed + sizeof(ulong);        // 0x38-0x1FB zero
+        internal const int Checksum = Layout.SectorSize - sizeof(uint);   // 0x1FC-0x1FF u32 CRC32C of 0x000-0x1FB
+    }
+
+    /// <summary>The magic bytes: 'C' 'B' 'D' 0x1A.</summary>
+    public static ReadOnlySpan<byte> Magic => [0x43, 0x42, 0x44, 0x1A];
+
+    public const ushort CurrentVersionMajor = 1;
+    public const ushort CurrentVersionMinor = 0;
+
+    public ushort VersionMajor { get; init; } = CurrentVersionMajor;
+    public ushort VersionMinor { get; init; } = CurrentVersionMinor;
+    public ulong NrPhysicalSectors { get; init; }
+    public ulong NrLogicalSectors { get; init; }
+
+    /// <summary>pblks per lblk = 1 &lt;&lt; LblkShift.</summary>
+    public ushort LblkShift { get; init; }
+    public HeaderFlags Flags { get; init; }
+    public CompressionAlgorithm Algorithm { get; init; }
+    public byte Level { get; init; }
+    public uint NrZones { get; init; }
+    public uint LblkPerZone { get; init; }
+
+    /// <summary>Data pblks in use; trusted only when the image was closed clean.</summary>
+    public ulong PblkUsed { get; init; }
+
+    /// <summary>Allocated lblks; trusted only when the image was closed clean.</summary>
+    public ulong LblkUsed { get; init; }
+
+    public int LblkSize => Layout.PblkSize << LblkShift;
+
+    /// <summary>Serializes into the first 4096 bytes of <paramref name="destination"/>, checksum included.</summary>
+    public void Write(Span<byte> destination)
+    {
+        var b = destination[..Layout.HeaderSize];
+        b.Clear();
+        Magic.CopyTo(b[Offsets.Magic..]);
+        BinaryPrimitives.WriteUInt16LittleEndian(b[Offsets.VersionMajor..], VersionMajor);
+        BinaryPrimitives.WriteUInt16LittleEndian(b[Offsets.VersionMinor..], VersionMinor);
+        BinaryPrimitives.WriteUInt64LittleEndian(b[Offsets.NrPhysicalSectors..], NrPhysicalSectors);
+        BinaryPrimitives.WriteUInt64LittleEndian(b[Offsets.NrLogicalSectors..], NrLogicalSectors);
+        BinaryPrimitives.WriteUInt16LittleEndian(b[Offsets.LblkShift..], LblkShift);
+        BinaryPrimitives.WriteUInt16LittleEndian(b[Offsets.Flags..], (ushort)Flags);
+        b[Offsets.Algorithm] = (byte)Algorithm;
+        b[Offsets.Level] = Level;
+        BinaryPrimitives.WriteUInt32LittleEndian(b[Offsets.NrZones..], NrZones);
+        BinaryPrimitives.WriteUInt32LittleEndian(b[Offsets.LblkPerZone..], LblkPerZone);
+        BinaryPrimitives.WriteUInt64LittleEndian(b[Offsets.PblkUsed..], PblkUsed);
+        BinaryPrimitives.WriteUInt64LittleEndian(b[Offsets.LblkUsed..], LblkUsed);
+        BinaryPrimitives.WriteUInt32LittleEndian(b[Offsets.Checksum..], Crc32C(b[..Offsets.Checksum]));
+    }
+
+    /// <summary>
+    /// Parses a header. Returns false when <paramref name="source"/> is shorter than a sector or the magic
+    /// is not cbd's (not a cbd image at all). Throws <see cref="InvalidDataException"/> naming the field for
+    /// a cbd header that is corrupt or of an unsupported version. Geometry is checked by <see cref="Geometry"/>.
+    /// </summary>
+    public static bool TryRead(ReadOnlySpan<byte> source, out Header header)
+    {
+        header = null!;
+        if (source.Length < Layout.SectorSize || !source[..4].SequenceEqual(Magic))
+            return false;
+
+        // The checksum first: no other field is trusted before it matches.
+        uint stored = BinaryPrimitives.ReadUInt32LittleEndian(source[Offsets.Checksum..]);
+        uint actual = Crc32C(source[..Offsets.Checksum]);
+        if (stored != actual)
+            throw new InvalidDataException($"header checksum: stored 0x{stored:x8}, computed 0x{actual:x8} over bytes 0x000-0x1FB");
+
+        ushort major = BinaryPrimitives.ReadUInt16LittleEndian(source[Offsets.VersionMajor..]);
+        ushort minor = BinaryPrimitives.ReadUInt16LittleEndian(source[Offsets.VersionMinor..]);
+        if (major != CurrentVersionMajor || minor > CurrentVersionMinor)
+            throw new InvalidDataException($"version: {major}.{minor}, expected {CurrentVersionMajor}.0 to {CurrentVersionMajor}.{CurrentVersionMinor}");
+
+        var flags = (HeaderFlags)BinaryPrimitives.ReadUInt16LittleEndian(source[Offsets.Flags..]);
+        if ((flags & ~HeaderFlags.Known) != 0)
+            throw new InvalidDataException($"flags: 0x{(ushort)flags:x4} has unknown bits 0x{(ushort)(flags & ~HeaderFlags.Known):x4}");
+
+        var algorithm = (CompressionAlgorithm)source[Offsets.Algorithm];
+        byte level = source[Offsets.Level];
+        Compression.CodecLimits.Validate(algorithm, level, "header");
+
+        if (BinaryPrimitives.ReadUInt16LittleEndian(source[Offsets.Reserved1E..]) != 0 ||
+            source[Offsets.ReservedEnd..Offsets.Checksum].ContainsAnyExcept((byte)0))
+            throw new InvalidDataException("header reserved bytes 0x1E-0x1F and 0x38-0x1FB: must be zero in version 1.0");
+
+        header = new Header
+        {
+            VersionMajor = major,
+            VersionMinor = minor,
+            NrPhysicalSectors = BinaryPrimitives.ReadUInt64LittleEndian(source[Offsets.NrPhysicalSectors..]),
+            NrLogicalSectors = BinaryPrimitives.ReadUInt64LittleEndian(source[Offsets.NrLogicalSectors..]),
+            LblkShift = BinaryPrimitives.ReadUInt16LittleEndian(source[Offsets.LblkShift..]),
+            Flags = flags,
+            Algorithm = algorithm,
+            Level = level,
+            NrZones = BinaryPrimitives.ReadUInt32LittleEndian(source[Offsets.NrZones..]),
+            LblkPerZone = BinaryPrimitives.ReadUInt32LittleEndian(source[Offsets.LblkPerZone..]),
+            PblkUsed = BinaryPrimitives.ReadUInt64LittleEndian(source[Offsets.PblkUsed..]),
+            LblkUsed = BinaryPrimitives.ReadUInt64LittleEndian(source[Offsets.LblkUsed..]),
+        };
+        return true;
+    }
+
+    private static uint Crc32C(ReadOnlySpan<byte> data) => Compression.Checksums.Crc32C(data);
+}

@@ -1,0 +1,131 @@
+using System.Runtime.InteropServices;
+using Microsoft.Win32.SafeHandles;
+
+namespace Cbd.Core.Storage;
+
+/// <summary>A file or block device accessed with positional I/O on one shared handle.</summary>
+/// <remarks>
+/// pread/pwrite carry their own offset, so concurrent <see cref="RandomAccess"/> calls on one handle
+/// need no lock and no seek. Durability is fsync through <see cref="RandomAccess.FlushToDisk"/>.
+/// </remarks>
+public sealed class FileBackingStore : IBackingStore
+{
+    private readonly SafeFileHandle _handle;
+    private long _length;
+
+    private FileBackingStore(SafeFileHandle handle, bool writable, long length, string path)
+    {
+        _handle = handle;
+        CanWrite = writable;
+        _length = length;
+        Path = path;
+    }
+
+    public string Path { get; }
+    public long Length => Volatile.Read(ref _length);
+    public bool CanWrite { get; }
+
+    /// <summary>True when the store is a block device (its size is fixed).</summary>
+    public bool IsBlockDevice { get; private init; }
+
+    /// <summary>Opens an existing file or block device.</summary>
+    public static FileBackingStore Open(string path, bool writable)
+    {
+        var handle = File.OpenHandle(path, FileMode.Open, writable ? FileAccess.ReadWrite : FileAccess.Read,
+            writable ? FileShare.Read : FileShare.ReadWrite, FileOptions.Asynchronous);
+        // BLKGETSIZE64 answers only for a block device (ENOTTY for a regular file).
+        bool isBlock = TryGetBlockDeviceLength(handle, out long blockLength);
+        long length = isBlock ? blockLength : RandomAccess.GetLength(handle);
+        return new FileBackingStore(handle, writable, length, path) { IsBlockDevice = isBlock };
+    }
+
+    /// <summary>Creates a new sparse file of <paramref name="length"/> bytes; fails if it exists.</summary>
+    public static FileBackingStore Create(string path, long length)
+    {
+        var handle = File.OpenHandle(path, FileMode.CreateNew, FileAccess.ReadWrite, FileShare.Read, FileOptions.Asynchronous);
+        RandomAccess.SetLength(handle, length);
+        return new FileBackingStore(handle, true, length, path);
+    }
+
+    public ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken = default)
+    {
+        return ReadExactlyAsync(offset, buffer, cancellationToken);
+    }
+
+    private async ValueTask ReadExactlyAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken)
+    {
+        int done = 0;
+        while (done < buffer.Length)
+        {
+            int n = await RandomAccess.ReadAsync(_handle, buffer[done..], offset + done, cancellationToken).ConfigureAwait(false);
+            if (n == 0)
+            {
+                // Past the end of the file: the format treats it as zeros only within Length.
+                if (offset + done < Length)
+                    throw new IOException($"{Path}: unexpected end of file at byte {offset + done}");
+                buffer.Span[done..].Clear();
+                return;
+            }
+            done += n;
+        }
+    }
+
+    public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, CancellationToken cancellationToken = default)
+    {
+        if (!CanWrite)
+            throw new InvalidOperationException($"{Path} is open read-only");
+        return RandomAccess.WriteAsync(_handle, data, offset, cancellationToken);
+    }
+
+    public async ValueTask ZeroRangeAsync(long offset, long length, CancellationToken cancellationToken = default)
+    {
+        if (!CanWrite)
+            throw new InvalidOperationException($"{Path} is open read-only");
+        // A regular file punches a hole: instant, and the blocks return to the filesystem.
+        const int KeepSize = 0x01, PunchHole = 0x02;
+        if (!IsBlockDevice && Fallocate(_handle, KeepSize | PunchHole, offset, length) == 0)
+            return;
+        byte[] zeros = new byte[1 << 20];
+        for (long done = 0; done < length; done += zeros.Length)
+        {
+            int n = (int)Math.Min(zeros.Length, length - done);
+            await RandomAccess.WriteAsync(_handle, zeros.AsMemory(0, n), offset + done, cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    public ValueTask FlushAsync(CancellationToken cancellationToken = default)
+    {
+        // fsync blocks; keep it off the caller's thread so the engine goes on serving reads meanwhile.
+        return new ValueTask(Task.Run(() => RandomAccess.FlushToDisk(_handle), cancellationToken));
+    }
+
+    public ValueTask SetLengthAsync(long length, CancellationToken cancellationToken = default)
+    {
+        if (IsBlockDevice)
+            throw new NotSupportedException($"{Path} is a block device: its size cannot change");
+        RandomAccess.SetLength(_handle, length);
+        Volatile.Write(ref _length, length);
+        return ValueTask.CompletedTask;
+    }
+
+    public ValueTask DisposeAsync()
+    {
+        _handle.Dispose();
+        return ValueTask.CompletedTask;
+    }
+
+    private static bool TryGetBlockDeviceLength(SafeFileHandle handle, out long length)
+    {
+        const ulong BlkGetSize64 = 0x80081272; // _IOR(0x12, 114, size_t)
+        ulong size = 0;
+        bool ok = Ioctl(handle, BlkGetSize64, ref size) == 0;
+        length = (long)size;
+        return ok;
+    }
+
+    [DllImport("libc", EntryPoint = "fallocate", SetLastError = true)]
+    private static extern int Fallocate(SafeFileHandle fd, int mode, long offset, long length);
+
+    [DllImport("libc", EntryPoint = "ioctl", SetLastError = true)]
+    private static extern int Ioctl(SafeFileHandle fd, ulong request, ref ulong result);
+}

@@ -1,0 +1,25 @@
+namespace Cbd.Core.Storage;
+
+/// <summary>
+/// Positional storage under a device: a file or a block device. Reads and writes at any offset may run
+/// concurrently (they never overlap in flight: the engine orders writes to one place).
+/// </summary>
+public interface IBackingStore : IAsyncDisposable
+{
+    long Length { get; }
+    bool CanWrite { get; }
+
+    /// <summary>Reads exactly buffer.Length bytes; bytes past the end of a sparse region read as zeros.</summary>
+    ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken = default);
+
+    ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, CancellationToken cancellationToken = default);
+
+    /// <summary>Makes every completed write durable (fsync). A write that completes after the call starts may or may not be.</summary>
+    ValueTask FlushAsync(CancellationToken cancellationToken = default);
+
+    /// <summary>Makes a range read as zeros (a hole where the store supports it).</summary>
+    ValueTask ZeroRangeAsync(long offset, long length, CancellationToken cancellationToken = default);
+
+    /// <summary>Grows or shrinks the store (a file only); throws <see cref="NotSupportedException"/> for a block device.</summary>
+    ValueTask SetLengthAsync(long length, CancellationToken cancellationToken = default);
+}
