@@ -7,7 +7,7 @@ namespace Cbd.Core.Compression;
 public static class Checksums
 {
     [ThreadStatic]
-    private static Crc32? t_lblkCrc;
+    private static Crc32? s_lblkCrc;
 
     public static uint Crc32C(ReadOnlySpan<byte> data) => Crc32.HashToUInt32(Crc32ParameterSet.Crc32C, data);
 
@@ -17,7 +17,7 @@ public static class Checksums
     /// </summary>
     public static uint LblkCrc(ulong lblk, ReadOnlySpan<byte> stored)
     {
-        var crc = t_lblkCrc ??= new Crc32(Crc32ParameterSet.Crc32C);
+        var crc = s_lblkCrc ??= new Crc32(Crc32ParameterSet.Crc32C);
         crc.Reset();
         Span<byte> number = stackalloc byte[sizeof(ulong)];
         BinaryPrimitives.WriteUInt64LittleEndian(number, lblk);

@@ -1,4 +1,6 @@
+using System.Buffers.Binary;
 using System.IO.Compression;
+using System.IO.Hashing;
 using Cbd.Core.Format;
 using K4os.Compression.LZ4;
 using ZstdSharp;
@@ -92,21 +94,21 @@ internal sealed class Lz4Codec(int level) : Codec
 internal sealed class ZstdCodec(int level) : Codec
 {
     // ZstdSharp contexts are not thread-safe; one per thread per level.
-    [ThreadStatic] private static Compressor?[]? t_compressors;
-    [ThreadStatic] private static Decompressor? t_decompressor;
+    [ThreadStatic] private static Compressor?[]? s_compressors;
+    [ThreadStatic] private static Decompressor? s_decompressor;
 
     public override CompressionAlgorithm Algorithm => CompressionAlgorithm.Zstd;
 
     public override int Compress(ReadOnlySpan<byte> source, Span<byte> destination)
     {
-        var compressors = t_compressors ??= new Compressor?[23];
+        var compressors = s_compressors ??= new Compressor?[23];
         var compressor = compressors[level] ??= new Compressor(level);
         return compressor.TryWrap(source, destination, out int written) ? written : -1;
     }
 
     public override bool TryDecompress(ReadOnlySpan<byte> source, Span<byte> destination)
     {
-        var decompressor = t_decompressor ??= new Decompressor();
+        var decompressor = s_decompressor ??= new Decompressor();
         try
         {
             return decompressor.TryUnwrap(source, destination, out int written) && written == destination.Length;
@@ -124,6 +126,8 @@ internal sealed class ZlibCodec(int level) : Codec
 
     public override unsafe int Compress(ReadOnlySpan<byte> source, Span<byte> destination)
     {
+        if (destination.IsEmpty)
+            return -1; // even empty input has a zlib header; and an empty span pins to null, which the stream refuses
         fixed (byte* dst = destination)
         {
             using var output = new UnmanagedMemoryStream(dst, 0, destination.Length, FileAccess.Write);
@@ -142,6 +146,8 @@ internal sealed class ZlibCodec(int level) : Codec
 
     public override unsafe bool TryDecompress(ReadOnlySpan<byte> source, Span<byte> destination)
     {
+        if (source.IsEmpty)
+            return false; // not a zlib stream; and an empty span pins to null, which the stream refuses
         fixed (byte* src = source)
         {
             using var input = new UnmanagedMemoryStream(src, source.Length);
@@ -157,11 +163,13 @@ internal sealed class ZlibCodec(int level) : Codec
                     total += n;
                 }
                 Span<byte> extra = stackalloc byte[1];
-                return zlib.Read(extra) == 0;
+                // A stream cut inside its Adler-32 trailer still inflates in full and unchecked: check the trailer here.
+                return zlib.Read(extra) == 0 && source.Length >= 6 &&
+                       BinaryPrimitives.ReadUInt32BigEndian(source[^4..]) == Adler32.HashToUInt32(destination);
             }
-            catch (InvalidDataException)
+            catch (Exception e) when (e is InvalidDataException or IOException)
             {
-                return false;
+                return false; // corrupt stream; some inflate errors surface as an IOException (ZLibException)
             }
         }
     }

@@ -129,6 +129,16 @@ public sealed class Geometry
     {
         if (lblkSize < Layout.PblkSize || !int.IsPow2(lblkSize))
             throw new ArgumentException($"lblk size {lblkSize}: must be a power of two of at least {Layout.PblkSize}");
+        if ((flags & ~HeaderFlags.Known) != 0)
+            throw new ArgumentException($"flags: 0x{(ushort)flags:x4} has unknown bits 0x{(ushort)(flags & ~HeaderFlags.Known):x4}");
+        try
+        {
+            Compression.CodecLimits.Validate(algorithm, level, "requested");
+        }
+        catch (InvalidDataException e)
+        {
+            throw new ArgumentException(e.Message, e);
+        }
         int shift = int.Log2(lblkSize / Layout.PblkSize);
         ulong nrPblks = (ulong)(physicalBytes / Layout.PblkSize);
         if (nrPblks > 1UL << 48)

@@ -134,9 +134,14 @@ public sealed record Header
         byte level = source[Offsets.Level];
         Compression.CodecLimits.Validate(algorithm, level, "header");
 
-        if (BinaryPrimitives.ReadUInt16LittleEndian(source[Offsets.Reserved1E..]) != 0 ||
-            source[Offsets.ReservedEnd..Offsets.Checksum].ContainsAnyExcept((byte)0))
-            throw new InvalidDataException("header reserved bytes 0x1E-0x1F and 0x38-0x1FB: must be zero in version 1.0");
+        int reserved = source[Offsets.Reserved1E..Offsets.NrZones].IndexOfAnyExcept((byte)0);
+        if (reserved >= 0)
+            reserved += Offsets.Reserved1E;
+        else if ((reserved = source[Offsets.ReservedEnd..Offsets.Checksum].IndexOfAnyExcept((byte)0)) >= 0)
+            reserved += Offsets.ReservedEnd;
+        if (reserved >= 0)
+            throw new InvalidDataException(
+                $"header reserved byte 0x{reserved:X}: 0x{source[reserved]:x2}, expected 0 (bytes 0x1E-0x1F and 0x38-0x1FB are reserved in version 1.0)");
 
         header = new Header
         {
