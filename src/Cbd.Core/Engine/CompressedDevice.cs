@@ -22,6 +22,7 @@ public sealed partial class CompressedDevice : IBlockDevice
     private readonly Allocator _alloc;
     private readonly int _lblkSize;
     private readonly int _parallelism;
+    private readonly LblkBufferPool _buffers;
 
     // Cache of decompressed lblks; _cacheLock guards the dictionary, the dirty set, pins and use stamps.
     private readonly Lock _cacheLock = new();
@@ -38,6 +39,7 @@ public sealed partial class CompressedDevice : IBlockDevice
     private long _checkpointsStarted;
     private long _checkpointsCompleted;
     private readonly SemaphoreSlim _kick = new(0, 1);
+    private TaskCompletionSource _checkpointDone = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly CancellationTokenSource _stop = new();
     private Task? _writeBackLoop;
     private volatile Exception? _failed;
@@ -58,8 +60,10 @@ public sealed partial class CompressedDevice : IBlockDevice
         _lblkSize = geometry.LblkSize;
         _parallelism = Math.Max(1, options.WriteBackParallelism ?? Environment.ProcessorCount);
         _maxCached = (int)Math.Clamp(options.CacheBytes / _lblkSize, 4L * _parallelism + 8, int.MaxValue / 2);
-        _dirtyHigh = Math.Max(_maxCached / 2, 1);
+        // Write-back starts at a quarter of the cache so that it overlaps with writes; writers wait at three quarters.
+        _dirtyHigh = Math.Max(_maxCached / 4, 1);
         _dirtyMax = Math.Max(_maxCached * 3 / 4, 2);
+        _buffers = new LblkBufferPool(_lblkSize, _maxCached + 4 * _parallelism);
         _lbat = new LbatCache(geometry, store, maxCleanPages: 4096);
         _alloc = new Allocator(geometry, store, (long)header.PblkUsed);
         _lblksUsed = (long)header.LblkUsed;
@@ -163,6 +167,11 @@ public sealed partial class CompressedDevice : IBlockDevice
     public async ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken = default)
     {
         CheckRange(offset, buffer.Length);
+        if (buffer.Length > _lblkSize)
+        {
+            await ReadManyAsync(offset, buffer, cancellationToken).ConfigureAwait(false);
+            return;
+        }
         while (!buffer.IsEmpty)
         {
             ulong lblk = (ulong)(offset / _lblkSize);
@@ -172,6 +181,22 @@ public sealed partial class CompressedDevice : IBlockDevice
             buffer = buffer[n..];
             offset += n;
         }
+    }
+
+    /// <summary>A read of several lblks: they load and decompress in parallel.</summary>
+    private async ValueTask ReadManyAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken)
+    {
+        var pieces = new List<Task>();
+        while (!buffer.IsEmpty)
+        {
+            ulong lblk = (ulong)(offset / _lblkSize);
+            int within = (int)(offset % _lblkSize);
+            int n = Math.Min(buffer.Length, _lblkSize - within);
+            pieces.Add(ReadPieceAsync(lblk, within, buffer[..n], cancellationToken).AsTask());
+            buffer = buffer[n..];
+            offset += n;
+        }
+        await Task.WhenAll(pieces).ConfigureAwait(false);
     }
 
     private async ValueTask ReadPieceAsync(ulong lblk, int within, Memory<byte> destination, CancellationToken cancellationToken)
@@ -252,7 +277,7 @@ public sealed partial class CompressedDevice : IBlockDevice
         }
         var format = _geometry.Alloc;
         int storedBytes = format.StoredBytes(alloc.Length);
-        byte[] stored = ArrayPool<byte>.Shared.Rent(alloc.Pblks.Length * Layout.PblkSize);
+        byte[] stored = _buffers.Rent();
         try
         {
             await ReadPblksAsync(alloc.Pblks, stored, cancellationToken).ConfigureAwait(false);
@@ -263,7 +288,7 @@ public sealed partial class CompressedDevice : IBlockDevice
                 if (actual != alloc.Crc)
                     throw new LblkCorruptException((long)entry.Lblk, $"checksum mismatch (stored 0x{alloc.Crc:x8}, computed 0x{actual:x8}) in pblks {string.Join(',', alloc.Pblks)}");
             }
-            byte[] data = ArrayPool<byte>.Shared.Rent(_lblkSize);
+            byte[] data = _buffers.Rent();
             bool ok;
             if (alloc.Length == format.UncompressedLength)
             {
@@ -277,7 +302,7 @@ public sealed partial class CompressedDevice : IBlockDevice
             }
             if (!ok)
             {
-                ArrayPool<byte>.Shared.Return(data);
+                _buffers.Return(data);
                 throw new LblkCorruptException((long)entry.Lblk, $"stored bytes (algorithm id {bytes[0]}, {storedBytes} bytes) do not decompress to one {_lblkSize}-byte lblk");
             }
             entry.Data = data;
@@ -286,7 +311,7 @@ public sealed partial class CompressedDevice : IBlockDevice
         }
         finally
         {
-            ArrayPool<byte>.Shared.Return(stored);
+            _buffers.Return(stored);
         }
     }
 
@@ -433,7 +458,7 @@ public sealed partial class CompressedDevice : IBlockDevice
         }
         if (!entry.Loaded && length == _lblkSize)
         {
-            entry.Data ??= ArrayPool<byte>.Shared.Rent(_lblkSize);
+            entry.Data ??= _buffers.Rent();
             entry.IsZero = false;
             entry.Loaded = true;
         }
@@ -441,7 +466,7 @@ public sealed partial class CompressedDevice : IBlockDevice
             return; // read-modify-write: EnsureLoadedAndApplyAsync finishes it
         if (entry.IsZero)
         {
-            entry.Data ??= ArrayPool<byte>.Shared.Rent(_lblkSize);
+            entry.Data ??= _buffers.Rent();
             entry.Data.AsSpan(0, _lblkSize).Clear();
             entry.IsZero = false;
         }
@@ -458,12 +483,12 @@ public sealed partial class CompressedDevice : IBlockDevice
         Apply(entry, within, data.Span, zero: false, zeroLength);
     }
 
-    private static void ReleaseData(CachedLblk entry)
+    private void ReleaseData(CachedLblk entry)
     {
         if (entry.Data is { } data)
         {
             entry.Data = null;
-            ArrayPool<byte>.Shared.Return(data);
+            _buffers.Return(data);
         }
     }
 
@@ -482,15 +507,26 @@ public sealed partial class CompressedDevice : IBlockDevice
         }
     }
 
+    /// <summary>Holds a writer back while the cache is full of dirty lblks, until write-back makes room.</summary>
     private async ValueTask ThrottleAsync(CancellationToken cancellationToken)
     {
-        int dirty;
-        lock (_cacheLock)
-            dirty = _dirty.Count;
-        if (dirty >= _dirtyMax)
-            await CheckpointAsync(Interlocked.Read(ref _checkpointsStarted), cancellationToken).ConfigureAwait(false);
-        else if (dirty >= _dirtyHigh)
-            Kick();
+        while (true)
+        {
+            int dirty;
+            Task checkpointDone;
+            lock (_cacheLock)
+            {
+                dirty = _dirty.Count;
+                checkpointDone = _checkpointDone.Task;
+            }
+            if (dirty >= _dirtyHigh)
+                Kick();
+            if (dirty < _dirtyMax)
+                return;
+            if (_failed is { } failed)
+                ThrowHelper.Failed(failed);
+            await checkpointDone.WaitAsync(cancellationToken).ConfigureAwait(false);
+        }
     }
 
     private void Kick()
@@ -620,12 +656,16 @@ public sealed partial class CompressedDevice : IBlockDevice
         }
         finally
         {
+            TaskCompletionSource done;
             lock (_cacheLock)
             {
                 foreach (var entry in batch)
                     entry.Pins--;
+                done = _checkpointDone;
+                _checkpointDone = new(TaskCreationOptions.RunContinuationsAsynchronously);
             }
             EvictIfNeeded();
+            done.TrySetResult();
         }
     }
 
@@ -656,8 +696,9 @@ public sealed partial class CompressedDevice : IBlockDevice
             else
             {
                 Invariant.Check(reserved > 0, $"lblk {entry.Lblk} dirty with data but no reservation");
-                stored = ArrayPool<byte>.Shared.Rent(_lblkSize);
-                int compressed = _codec.Compress(data, stored.AsSpan(1, format.MaxCompressedLength - 1));
+                stored = _buffers.Rent();
+                // A 4 KiB lblk can never save a pblk: it is always stored as it is.
+                int compressed = format.MaxCompressedLength < 2 ? -1 : _codec.Compress(data, stored.AsSpan(1, format.MaxCompressedLength - 1));
                 if (compressed > 0)
                 {
                     stored[0] = (byte)_codec.Algorithm;
@@ -696,7 +737,7 @@ public sealed partial class CompressedDevice : IBlockDevice
         }
         finally
         {
-            ArrayPool<byte>.Shared.Return(stored);
+            _buffers.Return(stored);
         }
     }
 
@@ -704,11 +745,13 @@ public sealed partial class CompressedDevice : IBlockDevice
     {
         var token = _stop.Token;
         var tick = TimeSpan.FromMilliseconds(Math.Clamp(_options.FlushDelay.TotalMilliseconds / 4, 10, 1000));
+        bool again = false;
         while (!token.IsCancellationRequested)
         {
             try
             {
-                await _kick.WaitAsync(tick, token).ConfigureAwait(false);
+                if (!again)
+                    await _kick.WaitAsync(tick, token).ConfigureAwait(false);
             }
             catch (OperationCanceledException)
             {
@@ -720,11 +763,14 @@ public sealed partial class CompressedDevice : IBlockDevice
                 due = _dirty.Count >= _dirtyHigh ||
                       (_dirty.Count > 0 && Stopwatch.GetElapsedTime(_dirtySince) >= _options.FlushDelay);
             }
+            again = false;
             if (!due)
                 continue;
             try
             {
                 await CheckpointAsync(Interlocked.Read(ref _checkpointsStarted), token).ConfigureAwait(false);
+                lock (_cacheLock)
+                    again = _dirty.Count >= _dirtyHigh;
             }
             catch (OperationCanceledException)
             {
