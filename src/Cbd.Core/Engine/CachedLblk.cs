@@ -8,8 +8,8 @@ namespace Cbd.Core.Engine;
 /// Invariants: a dirty entry is never evicted (it holds the only copy of acknowledged writes); an entry
 /// is evicted only with no pins, so nobody holds or waits for its lock; <see cref="IsZero"/> means the
 /// contents are all zeros, no buffer is held, and write-back publishes the lblk as unallocated; a dirty
-/// entry that is not zero holds a space reservation (<see cref="Reserved"/>) unless write-back has
-/// taken it over.
+/// entry that is not zero holds a space reservation (<see cref="ReservedPblks"/>) covering what its
+/// contents need, unless write-back has taken it over.
 /// </remarks>
 internal sealed class CachedLblk(ulong lblk)
 {
@@ -25,8 +25,8 @@ internal sealed class CachedLblk(ulong lblk)
     /// <summary>Bumped by every change, so write-back knows whether what it wrote is still the newest.</summary>
     public long Version;
 
-    /// <summary>Holds a reservation of one lblk's worth of pblks.</summary>
-    public bool Reserved;
+    /// <summary>pblks reserved for this lblk's write-back: one lblk's worth, or what its contents were measured to need on a nearly full device.</summary>
+    public int ReservedPblks;
 
     public int Pins;
     public long LastUse;

@@ -130,16 +130,9 @@ public sealed partial class CompressedDevice : IBlockDevice
         options ??= new DeviceOptions();
         if (!options.ReadOnly && !store.CanWrite)
             throw new ArgumentException("the backing store is read-only; open the device read-only", nameof(options));
-        byte[] page = new byte[Layout.HeaderSize];
-        if (store.Length < Layout.HeaderSize)
-            throw new InvalidDataException($"backing store: {store.Length} bytes, shorter than the {Layout.HeaderSize}-byte header");
-        await store.ReadAsync(0, page, cancellationToken).ConfigureAwait(false);
-        if (!Header.TryRead(page, out var header))
-            throw new InvalidDataException($"magic: {Convert.ToHexString(page, 0, 4)}, expected {Convert.ToHexString(Header.Magic)} (not a cbd image)");
-        var geometry = Geometry.FromHeader(header, store.Length);
-
-        var device = new CompressedDevice(store, header, geometry, options);
-        if (header.Flags.HasFlag(HeaderFlags.Dirty))
+        var geometry = await Geometry.ReadAsync(store, cancellationToken).ConfigureAwait(false);
+        var device = new CompressedDevice(store, geometry.Header, geometry, options);
+        if (geometry.Header.Flags.HasFlag(HeaderFlags.Dirty))
         {
             await device.RebuildAsync(cancellationToken).ConfigureAwait(false);
             device.Recovered = true;
@@ -280,7 +273,7 @@ public sealed partial class CompressedDevice : IBlockDevice
         byte[] stored = _buffers.Rent();
         try
         {
-            await ReadPblksAsync(alloc.Pblks, stored, cancellationToken).ConfigureAwait(false);
+            await _store.ReadPblksAsync(alloc.Pblks, stored, cancellationToken: cancellationToken).ConfigureAwait(false);
             var bytes = stored.AsSpan(0, storedBytes);
             if (_crc)
             {
@@ -312,33 +305,6 @@ public sealed partial class CompressedDevice : IBlockDevice
         finally
         {
             _buffers.Return(stored);
-        }
-    }
-
-    /// <summary>Reads pblks into consecutive 4 KiB slots of <paramref name="destination"/>, one I/O per contiguous run.</summary>
-    private async ValueTask ReadPblksAsync(ulong[] pblks, byte[] destination, CancellationToken cancellationToken)
-    {
-        int i = 0;
-        while (i < pblks.Length)
-        {
-            int run = 1;
-            while (i + run < pblks.Length && pblks[i + run] == pblks[i] + (ulong)run)
-                run++;
-            await _store.ReadAsync((long)pblks[i] * Layout.PblkSize, destination.AsMemory(i * Layout.PblkSize, run * Layout.PblkSize), cancellationToken).ConfigureAwait(false);
-            i += run;
-        }
-    }
-
-    private async ValueTask WritePblksAsync(ulong[] pblks, byte[] source, CancellationToken cancellationToken)
-    {
-        int i = 0;
-        while (i < pblks.Length)
-        {
-            int run = 1;
-            while (i + run < pblks.Length && pblks[i + run] == pblks[i] + (ulong)run)
-                run++;
-            await _store.WriteAsync((long)pblks[i] * Layout.PblkSize, source.AsMemory(i * Layout.PblkSize, run * Layout.PblkSize), cancellationToken).ConfigureAwait(false);
-            i += run;
         }
     }
 
@@ -396,27 +362,52 @@ public sealed partial class CompressedDevice : IBlockDevice
         int pblksPerLblk = _geometry.Alloc.PblksPerLblk;
         var entry = Pin(lblk);
         int held = 0;
+        // Normally a dirty lblk holds a reservation for its worst case, stored uncompressed. When the
+        // device is too full for that, the change is measured instead: it is accepted if what the
+        // lblk then compresses to fits, so zeros and better-compressing overwrites still go through.
+        bool measure = false;
         try
         {
             while (true)
             {
-                // A change that stores data needs a reservation unless the entry has one already.
-                if (!zero && held == 0 && !Volatile.Read(ref entry.Reserved))
-                    held = await ReserveAsync(pblksPerLblk, cancellationToken).ConfigureAwait(false);
+                if (!zero && !measure && held == 0 && Volatile.Read(ref entry.ReservedPblks) < pblksPerLblk)
+                {
+                    held = await TryReserveAsync(pblksPerLblk, cancellationToken).ConfigureAwait(false);
+                    measure = held == 0;
+                }
                 await entry.Lock.WaitAsync(cancellationToken).ConfigureAwait(false);
+                byte[]? undo = null;
                 try
                 {
-                    bool needsReservation = !zero && !entry.Reserved;
-                    if (needsReservation && held == 0)
+                    int shortfall = zero ? 0 : pblksPerLblk - entry.ReservedPblks;
+                    if (shortfall > 0 && !measure && held == 0)
                         continue; // write-back took the entry's reservation meanwhile: reserve anew
+                    bool wasLoaded = entry.Loaded, wasZero = entry.IsZero;
+                    if (shortfall > 0 && measure && entry.Data is { } before)
+                    {
+                        undo = _buffers.Rent();
+                        before.AsSpan(0, _lblkSize).CopyTo(undo);
+                    }
                     Apply(entry, within, data.Span, zero, zeroLength);
                     if (!entry.Loaded)
                         await EnsureLoadedAndApplyAsync(entry, within, data, zeroLength, cancellationToken).ConfigureAwait(false);
-                    // Only a change that happened owns a reservation: a failed read-modify-write gives it back.
-                    if (needsReservation)
+                    if (shortfall > 0 && !measure)
                     {
-                        entry.Reserved = true;
-                        held = 0;
+                        entry.ReservedPblks = pblksPerLblk;
+                        held -= shortfall;
+                    }
+                    else if (shortfall > 0)
+                    {
+                        int extra = PblksNeeded(entry) - entry.ReservedPblks;
+                        if (extra > 0 && !_alloc.TryReserve(extra))
+                        {
+                            Restore(entry, undo, wasLoaded, wasZero);
+                            undo = null;
+                            throw new OutOfSpaceException(
+                                $"no space left: {_alloc.Free} free data pblks, {_alloc.Reserved} promised to unwritten lblks, {extra} more needed for lblk {lblk}");
+                        }
+                        if (extra > 0)
+                            entry.ReservedPblks += extra;
                     }
                     entry.Version++;
                     if (!entry.Dirty)
@@ -433,6 +424,8 @@ public sealed partial class CompressedDevice : IBlockDevice
                 }
                 finally
                 {
+                    if (undo is not null)
+                        _buffers.Return(undo);
                     entry.Lock.Release();
                 }
             }
@@ -442,6 +435,43 @@ public sealed partial class CompressedDevice : IBlockDevice
             if (held > 0)
                 _alloc.Unreserve(held);
             Unpin(entry);
+        }
+    }
+
+    /// <summary>Puts an entry back as it was before a change that could not be given space.</summary>
+    private void Restore(CachedLblk entry, byte[]? undo, bool wasLoaded, bool wasZero)
+    {
+        if (undo is not null)
+        {
+            undo.AsSpan(0, _lblkSize).CopyTo(entry.Data);
+            return;
+        }
+        // The lblk had no buffer: it was not loaded yet, or all zeros.
+        ReleaseData(entry);
+        entry.Loaded = wasLoaded;
+        entry.IsZero = wasZero;
+    }
+
+    /// <summary>pblks write-back will need for the entry's contents as they are now. Caller holds the entry's lock.</summary>
+    private int PblksNeeded(CachedLblk entry)
+    {
+        var format = _geometry.Alloc;
+        if (entry.IsZero)
+            return 0;
+        var data = entry.Data.AsSpan(0, _lblkSize);
+        if (_zeroDetect && !data.ContainsAnyExcept((byte)0))
+            return 0;
+        if (format.MaxCompressedLength < 2)
+            return format.PblksPerLblk;
+        byte[] scratch = _buffers.Rent();
+        try
+        {
+            int compressed = _codec.Compress(data, scratch.AsSpan(1, format.MaxCompressedLength - 1));
+            return compressed > 0 ? format.PblksFor((uint)(1 + compressed)) : format.PblksPerLblk;
+        }
+        finally
+        {
+            _buffers.Return(scratch);
         }
     }
 
@@ -492,16 +522,15 @@ public sealed partial class CompressedDevice : IBlockDevice
         }
     }
 
-    /// <summary>Reserves one lblk's worth of pblks, writing back to make room when needed.</summary>
-    private async ValueTask<int> ReserveAsync(int count, CancellationToken cancellationToken)
+    /// <summary>Reserves <paramref name="count"/> pblks, writing back to make room when needed; 0 when there is no room even then.</summary>
+    private async ValueTask<int> TryReserveAsync(int count, CancellationToken cancellationToken)
     {
         for (int attempt = 0; ; attempt++)
         {
             if (_alloc.TryReserve(count))
                 return count;
             if (attempt == 2)
-                throw new OutOfSpaceException(
-                    $"no space left: {_alloc.Free} free data pblks, {_alloc.Reserved} promised to unwritten lblks, {count} needed");
+                return 0;
             // Write-back releases reservations beyond what compression needed and frees replaced pblks.
             await CheckpointAsync(Interlocked.Read(ref _checkpointsStarted), cancellationToken).ConfigureAwait(false);
         }
@@ -686,8 +715,8 @@ public sealed partial class CompressedDevice : IBlockDevice
                 return null;
             version = entry.Version;
             // The reservation moves to this write-back; a write that lands meanwhile reserves anew.
-            reserved = entry.Reserved ? format.PblksPerLblk : 0;
-            entry.Reserved = false;
+            reserved = entry.ReservedPblks;
+            entry.ReservedPblks = 0;
             var data = entry.IsZero ? default : entry.Data.AsSpan(0, _lblkSize);
             if (entry.IsZero || (_zeroDetect && !data.ContainsAnyExcept((byte)0)))
             {
@@ -695,7 +724,6 @@ public sealed partial class CompressedDevice : IBlockDevice
             }
             else
             {
-                Invariant.Check(reserved > 0, $"lblk {entry.Lblk} dirty with data but no reservation");
                 stored = _buffers.Rent();
                 // A 4 KiB lblk can never save a pblk: it is always stored as it is.
                 int compressed = format.MaxCompressedLength < 2 ? -1 : _codec.Compress(data, stored.AsSpan(1, format.MaxCompressedLength - 1));
@@ -732,7 +760,7 @@ public sealed partial class CompressedDevice : IBlockDevice
             stored.AsSpan(storedBytes, count * Layout.PblkSize - storedBytes).Clear();
             var pblks = new ulong[count];
             await _alloc.AllocateAsync(_geometry.HomeZone(entry.Lblk), pblks, reserved, cancellationToken).ConfigureAwait(false);
-            await WritePblksAsync(pblks, stored, cancellationToken).ConfigureAwait(false);
+            await _store.WritePblksAsync(pblks, stored, cancellationToken).ConfigureAwait(false);
             return new WrittenBack(entry, version, new LblkAlloc(length, crc, pblks));
         }
         finally

@@ -76,6 +76,9 @@ internal sealed class LbatCache(Geometry geometry, IBackingStore store, int maxC
             {
                 if (!geometry.TryLocateDataPblk(slots[i], out _, out _))
                     throw new InvalidDataException($"lblk {lblk}: lblk_alloc pblk[{i}] = {slots[i]} is not a data pblk of the device");
+                int twice = slots[..i].IndexOf(slots[i]);
+                if (twice >= 0)
+                    throw new InvalidDataException($"lblk {lblk}: lblk_alloc pblk[{twice}] and pblk[{i}] are both {slots[i]}");
                 pblks[i] = slots[i];
             }
             else if (slots[i] != 0)

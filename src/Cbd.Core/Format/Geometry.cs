@@ -115,7 +115,23 @@ public sealed class Geometry
         return g;
     }
 
-    private static ulong MaxZones(ulong nrPblks, ulong lbatPblks)
+    /// <summary>
+    /// Reads and validates the header and geometry of the image on <paramref name="store"/>; throws
+    /// <see cref="InvalidDataException"/> naming the field, its value and what was expected.
+    /// </summary>
+    public static async ValueTask<Geometry> ReadAsync(Storage.IBackingStore store, CancellationToken cancellationToken = default)
+    {
+        if (store.Length < Layout.HeaderSize)
+            throw new InvalidDataException($"backing store: {store.Length} bytes, shorter than the {Layout.HeaderSize}-byte header");
+        byte[] page = new byte[Layout.HeaderSize];
+        await store.ReadAsync(0, page, cancellationToken).ConfigureAwait(false);
+        if (!Header.TryRead(page, out var header))
+            throw new InvalidDataException($"magic: {Convert.ToHexString(page, 0, 4)}, expected {Convert.ToHexString(Header.Magic)} (not a cbd image)");
+        return FromHeader(header, store.Length);
+    }
+
+    /// <summary>How many zones with <paramref name="lbatPblks"/>-pblk lbats fit in <paramref name="nrPblks"/> pblks (each needs its pbat, lbat and one data pblk).</summary>
+    internal static ulong MaxZones(ulong nrPblks, ulong lbatPblks)
     {
         ulong stride = 1 + lbatPblks + Layout.PblksPerZoneData;
         return nrPblks < 3 + lbatPblks ? 0 : (nrPblks - 3 - lbatPblks) / stride + 1;

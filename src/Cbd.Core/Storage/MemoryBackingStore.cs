@@ -93,6 +93,12 @@ public sealed class MemoryBackingStore(long length) : IBackingStore
             if (key << ChunkShift >= length)
                 _chunks.TryRemove(key, out _);
         }
+        // Bytes cut off must read as zeros if the store grows again, as in a file.
+        if (_chunks.TryGetValue(length >> ChunkShift, out var tail))
+        {
+            lock (tail)
+                tail.AsSpan((int)(length & (ChunkSize - 1))).Clear();
+        }
         return ValueTask.CompletedTask;
     }
 
