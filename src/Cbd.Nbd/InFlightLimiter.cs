@@ -1,0 +1,69 @@
+namespace Cbd.Nbd;
+
+/// <summary>
+/// Counts the requests and payload bytes of one connection that are in flight, and makes the reader wait
+/// for room. Only the connection's reader acquires and waits, one call at a time, so one waiter suffices;
+/// any request task may release.
+/// </summary>
+internal sealed class InFlightLimiter(int maxRequests, long maxBytes)
+{
+    private readonly Lock _lock = new();
+    private int _requests;
+    private long _bytes;
+    private TaskCompletionSource? _waiter;
+
+    /// <summary>Waits until one more request of <paramref name="bytes"/> fits, then counts it.</summary>
+    public async ValueTask AcquireAsync(long bytes, CancellationToken cancellationToken)
+    {
+        while (true)
+        {
+            Task wait;
+            lock (_lock)
+            {
+                // An idle connection admits any single request, however large, so the byte cap can never
+                // deadlock a request that is within the protocol's own length limit.
+                if (_requests < maxRequests && (_requests == 0 || _bytes + bytes <= maxBytes))
+                {
+                    _requests++;
+                    _bytes += bytes;
+                    return;
+                }
+                _waiter ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                wait = _waiter.Task;
+            }
+            await wait.WaitAsync(cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    public void Release(long bytes)
+    {
+        TaskCompletionSource? waiter;
+        lock (_lock)
+        {
+            _requests--;
+            _bytes -= bytes;
+            waiter = _waiter;
+            _waiter = null;
+        }
+        waiter?.TrySetResult();
+    }
+
+    /// <summary>Completes when no request is in flight.</summary>
+    public async Task WaitForIdleAsync(CancellationToken cancellationToken)
+    {
+        while (true)
+        {
+            Task wait;
+            lock (_lock)
+            {
+                if (_requests == 0)
+                {
+                    return;
+                }
+                _waiter ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+                wait = _waiter.Task;
+            }
+            await wait.WaitAsync(cancellationToken).ConfigureAwait(false);
+        }
+    }
+}

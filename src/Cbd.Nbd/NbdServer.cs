@@ -1,0 +1,264 @@
+using System.Net;
+using System.Net.Sockets;
+using Cbd.Core.Engine;
+
+namespace Cbd.Nbd;
+
+/// <summary>
+/// Serves one <see cref="IBlockDevice"/> as one NBD export over Unix domain and TCP sockets. Every connection
+/// shares the device; each runs many requests at once and replies as they complete. See docs/NBD.md for the
+/// protocol subset and limits.
+/// </summary>
+/// <remarks>
+/// The server never flushes or disposes the device: after <see cref="StopAsync"/> returns, the caller does.
+/// </remarks>
+public sealed class NbdServer : IAsyncDisposable
+{
+    private readonly NbdExport _export;
+    private readonly NbdServerOptions _options;
+    private readonly Lock _lock = new();
+    private readonly List<Listener> _listeners = [];
+    private readonly Dictionary<NbdConnection, Task> _connections = [];
+    private bool _stopping;
+
+    private sealed record Listener(Socket Socket, EndPoint EndPoint, string? SocketPath, Task AcceptLoop);
+
+    /// <param name="device">The device to serve; the server does not own it.</param>
+    /// <param name="exportName">The export's name. Clients asking for the empty (default) name get this export too.</param>
+    /// <param name="readOnly">Refuse writes even when the device is writable.</param>
+    /// <param name="description">Shown to clients that ask (NBD_INFO_DESCRIPTION, NBD_OPT_LIST).</param>
+    /// <param name="options">Limits; null for the defaults.</param>
+    /// <exception cref="ArgumentException">A name or description that is not a valid NBD string (NUL, over 4096 bytes).</exception>
+    public NbdServer(IBlockDevice device, string exportName = "", bool readOnly = false, string? description = null, NbdServerOptions? options = null)
+    {
+        _export = new NbdExport(device, exportName, readOnly, description);
+        _options = options ?? new NbdServerOptions();
+        if (_options.MaxInFlightRequests < 1 || _options.MaxInFlightBytes < 1)
+        {
+            ThrowHelper.ThrowArgument(nameof(options), "In-flight limits must be positive.");
+        }
+    }
+
+    public string ExportName => _export.Name;
+
+    /// <summary>True when clients see a read-only export (asked for, or the device is read-only).</summary>
+    public bool IsReadOnly => _export.IsReadOnly;
+
+    /// <summary>The endpoints listened on, with TCP port 0 resolved to the port actually bound.</summary>
+    public IReadOnlyList<EndPoint> EndPoints
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _listeners.Select(l => l.EndPoint).ToArray();
+            }
+        }
+    }
+
+    /// <summary>
+    /// Starts listening on <paramref name="endPoint"/>: a <see cref="UnixDomainSocketEndPoint"/> or an
+    /// <see cref="IPEndPoint"/>. Connections are accepted once this returns. May be called once per endpoint.
+    /// </summary>
+    /// <returns>The bound endpoint.</returns>
+    /// <exception cref="IOException">The Unix socket path is served by a live process, or holds a file that is not a stale socket.</exception>
+    /// <exception cref="SocketException">The endpoint cannot be bound.</exception>
+    public async Task<EndPoint> StartAsync(EndPoint endPoint, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(endPoint);
+        lock (_lock)
+        {
+            if (_stopping)
+            {
+                ThrowHelper.ThrowInvalidOperation("The server is stopping.");
+            }
+        }
+
+        string? socketPath = null;
+        Socket socket;
+        if (endPoint is UnixDomainSocketEndPoint unix)
+        {
+            socketPath = unix.ToString();
+            await RemoveStaleSocketAsync(socketPath, cancellationToken).ConfigureAwait(false);
+            socket = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        }
+        else
+        {
+            socket = new Socket(endPoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+        }
+        try
+        {
+            socket.Bind(endPoint);
+            socket.Listen(128);
+        }
+        catch
+        {
+            socket.Dispose();
+            throw;
+        }
+
+        EndPoint bound = socket.LocalEndPoint ?? endPoint;
+        lock (_lock)
+        {
+            var listener = new Listener(socket, bound, socketPath, Task.Run(() => AcceptLoopAsync(socket)));
+            _listeners.Add(listener);
+        }
+        _options.Log?.Invoke($"listening on {Describe(bound)}");
+        return bound;
+    }
+
+    /// <summary>
+    /// Stops accepting, stops reading requests, lets the requests in flight finish and their replies go out,
+    /// then closes every connection. After <see cref="NbdServerOptions.ShutdownTimeout"/> (or when
+    /// <paramref name="cancellationToken"/> fires) device calls still running are cancelled and connections are
+    /// closed regardless. Removes the Unix socket files the server created.
+    /// </summary>
+    public async Task StopAsync(CancellationToken cancellationToken = default)
+    {
+        Listener[] listeners;
+        lock (_lock)
+        {
+            _stopping = true;
+            listeners = [.. _listeners];
+            _listeners.Clear();
+        }
+        foreach (Listener listener in listeners)
+        {
+            listener.Socket.Dispose();
+            if (listener.SocketPath is not null)
+            {
+                TryDelete(listener.SocketPath);
+            }
+        }
+        await Task.WhenAll(listeners.Select(l => l.AcceptLoop)).ConfigureAwait(false);
+
+        KeyValuePair<NbdConnection, Task>[] connections;
+        lock (_lock)
+        {
+            connections = [.. _connections];
+        }
+        foreach (var (connection, _) in connections)
+        {
+            connection.BeginShutdown();
+        }
+        Task all = Task.WhenAll(connections.Select(c => c.Value));
+        try
+        {
+            await all.WaitAsync(_options.ShutdownTimeout, cancellationToken).ConfigureAwait(false);
+            return;
+        }
+        catch (Exception ex) when (ex is TimeoutException or OperationCanceledException)
+        {
+            _options.Log?.Invoke("requests still in flight after the shutdown grace period; aborting them");
+        }
+        foreach (var (connection, _) in connections)
+        {
+            connection.Abort();
+        }
+        // Aborted device calls end promptly when they honour cancellation; the wait stays bounded if not.
+        await Task.WhenAny(all, Task.Delay(_options.ShutdownTimeout, CancellationToken.None)).ConfigureAwait(false);
+    }
+
+    public async ValueTask DisposeAsync() => await StopAsync().ConfigureAwait(false);
+
+    private async Task AcceptLoopAsync(Socket listener)
+    {
+        while (true)
+        {
+            Socket client;
+            try
+            {
+                client = await listener.AcceptAsync().ConfigureAwait(false);
+            }
+            catch (Exception ex) when (ex is ObjectDisposedException or SocketException { SocketErrorCode: SocketError.OperationAborted or SocketError.Interrupted })
+            {
+                return;
+            }
+            catch (SocketException ex)
+            {
+                // A failure of one accept (a connection reset while queued, a file descriptor limit) must not end
+                // the server; pause briefly so that a persistent error does not spin.
+                _options.Log?.Invoke($"accept failed: {ex.Message}");
+                await Task.Delay(100).ConfigureAwait(false);
+                continue;
+            }
+
+            if (client.AddressFamily is AddressFamily.InterNetwork or AddressFamily.InterNetworkV6)
+            {
+                // The spec asks both ends to disable Nagle: replies are small and latency-bound.
+                client.NoDelay = true;
+            }
+            var connection = new NbdConnection(client, _export, _options);
+            var started = new TaskCompletionSource();
+            Task run;
+            lock (_lock)
+            {
+                if (_stopping)
+                {
+                    client.Dispose();
+                    continue;
+                }
+                // The connection starts only once it is registered, so that StopAsync, which takes the same
+                // lock, either sees it and shuts it down or has already closed the listener it came from.
+                run = RunConnectionAsync(connection, started.Task);
+                _connections.Add(connection, run);
+            }
+            started.SetResult();
+        }
+    }
+
+    private async Task RunConnectionAsync(NbdConnection connection, Task registered)
+    {
+        await registered.ConfigureAwait(false);
+        await Task.Yield();
+        await connection.RunAsync().ConfigureAwait(false);
+        lock (_lock)
+        {
+            _connections.Remove(connection);
+        }
+    }
+
+    /// <summary>
+    /// Deletes a socket file left by a server that is gone, so that bind succeeds. A path another process
+    /// still accepts on is refused, and so is a non-empty file: a socket file always has size 0, so a
+    /// regular file with content is never deleted by mistake.
+    /// </summary>
+    private static async Task RemoveStaleSocketAsync(string path, CancellationToken cancellationToken)
+    {
+        var info = new FileInfo(path);
+        if (!info.Exists)
+        {
+            return;
+        }
+        if (info.Length != 0)
+        {
+            ThrowHelper.ThrowIO($"{path} exists and is not a socket; refusing to replace it.");
+        }
+        using (var probe = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified))
+        {
+            try
+            {
+                await probe.ConnectAsync(new UnixDomainSocketEndPoint(path), cancellationToken).ConfigureAwait(false);
+                ThrowHelper.ThrowIO($"{path} is in use by a running server.");
+            }
+            catch (SocketException)
+            {
+                // Nobody is listening: the file is stale.
+            }
+        }
+        File.Delete(path);
+    }
+
+    private static void TryDelete(string path)
+    {
+        try
+        {
+            File.Delete(path);
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+        }
+    }
+
+    private static string Describe(EndPoint endPoint) => endPoint is UnixDomainSocketEndPoint ? $"unix:{endPoint}" : endPoint.ToString() ?? "";
+}

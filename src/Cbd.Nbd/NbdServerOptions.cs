@@ -1,0 +1,27 @@
+namespace Cbd.Nbd;
+
+/// <summary>Limits and hooks of an <see cref="NbdServer"/>; the defaults suit a local server.</summary>
+public sealed record NbdServerOptions
+{
+    /// <summary>
+    /// Requests of one connection being processed at once. When reached, the server stops reading that
+    /// connection until a request completes, so the client's own queue and TCP flow control absorb the rest.
+    /// </summary>
+    public int MaxInFlightRequests { get; init; } = 64;
+
+    /// <summary>
+    /// Payload bytes (WRITE data received, READ data to send) of one connection held in memory at once.
+    /// A single request is always admitted when nothing else is in flight, so this never blocks a request of
+    /// up to <see cref="Protocol.NbdLimits.MaxRequestLength"/>.
+    /// </summary>
+    public long MaxInFlightBytes { get; init; } = 128L << 20;
+
+    /// <summary>
+    /// How long <see cref="NbdServer.StopAsync"/> lets in-flight requests finish before it cancels the
+    /// device calls still running and closes the connections.
+    /// </summary>
+    public TimeSpan ShutdownTimeout { get; init; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>Receives one line per connection event and per unexpected failure; null to stay silent.</summary>
+    public Action<string>? Log { get; init; }
+}
