@@ -1,0 +1,76 @@
+using Cbd.Core.Engine;
+using Cbd.Core.Format;
+using Cbd.Core.Storage;
+
+namespace Cbd.Core.Tests.Engine;
+
+public class WriteBackAndAllocationTests
+{
+    private const int LblkSize = 64 * 1024;
+
+    [Fact]
+    public async Task Dirty_lblks_are_written_back_after_the_flush_delay_without_a_flush()
+    {
+        var store = await DeviceTestKit.FormatAsync(64 << 20);
+        var data = DeviceTestKit.Compressible(3 * LblkSize, 5);
+        await using var device = await DeviceTestKit.OpenAsync(store, new DeviceOptions { FlushDelay = TimeSpan.FromMilliseconds(200) });
+        await device.WriteAsync(0, data);
+        Assert.Equal(3, device.GetStats().DirtyLblks);
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(20);
+        while (device.GetStats().DirtyLblks > 0 && DateTime.UtcNow < deadline)
+            await Task.Delay(50);
+        Assert.Equal(0, device.GetStats().DirtyLblks);
+        Assert.Equal(3, device.GetStats().LblksUsed);
+
+        // On disk now: a copy of the store taken while the device is still open reads the data after recovery.
+        await using var copy = await DeviceTestKit.OpenAsync(store.Clone(), new DeviceOptions { ReadOnly = true });
+        Assert.True(copy.Recovered);
+        var back = new byte[data.Length];
+        await copy.ReadAsync(0, back);
+        Assert.Equal(data, back);
+    }
+
+    [Fact]
+    public async Task An_lblk_takes_pblks_from_its_home_zone_while_it_has_room_then_from_others()
+    {
+        var store = new MemoryBackingStore(3L * 129 << 20);
+        await CompressedDevice.FormatAsync(store, new FormatOptions());
+        var options = new DeviceOptions { CacheBytes = 8 << 20, FlushDelay = TimeSpan.FromHours(1) };
+        await using var device = await DeviceTestKit.OpenAsync(store, options);
+        var g = device.Geometry;
+        Assert.True(g.NrZones >= 3);
+        ulong first = g.LblkPerZone; // the first lblk whose home is zone 1
+        int fits = Layout.PblksPerZoneData / g.Alloc.PblksPerLblk;
+        Assert.True(g.LblkPerZone > (ulong)fits + 8, "zone 1 must be home to more lblks than its data holds");
+
+        // Incompressible lblks homed in zone 1: the first `fits` fill it, the rest go elsewhere.
+        var data = DeviceTestKit.Random(LblkSize, 9);
+        for (ulong lblk = first; lblk < first + (ulong)fits + 8; lblk++)
+        {
+            data[0] = (byte)lblk;
+            data[1] = (byte)(lblk >> 8);
+            await device.WriteAsync((long)lblk * LblkSize, data);
+        }
+        await device.FlushAsync();
+
+        var lbat = new LbatCache(g, store, 16);
+        int home = 0, elsewhere = 0;
+        for (ulong lblk = first; lblk < first + (ulong)fits + 8; lblk++)
+        {
+            var alloc = await lbat.ReadAsync(lblk, default);
+            Assert.Equal(g.Alloc.UncompressedLength, alloc.Length);
+            Assert.True(g.TryLocateDataPblk(alloc.Pblks[0], out uint zone, out _));
+            Assert.All(alloc.Pblks, p => Assert.True(g.TryLocateDataPblk(p, out uint z, out _) && z == zone, "an lblk split over zones although one had room"));
+            if (zone == 1)
+                home++;
+            else
+                elsewhere++;
+        }
+        Assert.Equal(fits, home);
+        Assert.Equal(8, elsewhere);
+
+        var back = new byte[LblkSize];
+        await device.ReadAsync((long)(first + (ulong)fits + 3) * LblkSize, back);
+        Assert.Equal((byte)(first + (ulong)fits + 3), back[0]);
+    }
+}
