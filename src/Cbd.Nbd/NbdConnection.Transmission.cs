@@ -193,10 +193,11 @@ internal sealed partial class NbdConnection
             return NbdError.Invalid;
         }
         bool fastZero = (request.Flags & NbdCommandFlags.FastZero) != 0;
-        // The maximum block size binds READ, WRITE, CACHE and WRITE_ZEROES without FAST_ZERO; TRIM and
-        // BLOCK_STATUS carry no payload and may span the whole export.
-        bool limited = command is NbdCommand.Read or NbdCommand.Write or NbdCommand.Cache
-            || (command == NbdCommand.WriteZeroes && !fastZero);
+        // The maximum block size binds the commands that carry a payload (WRITE) or make one (READ), and CACHE,
+        // which loads what it covers. TRIM, WRITE_ZEROES and BLOCK_STATUS carry none: the device zeroes lblk by
+        // lblk without a buffer the size of the request, so they may span the whole export (nbdcopy zeroes a
+        // whole hole of its source with one WRITE_ZEROES, however long).
+        bool limited = command is NbdCommand.Read or NbdCommand.Write or NbdCommand.Cache;
         if (limited && request.Length > NbdLimits.MaxRequestLength)
         {
             message = $"length {request.Length} exceeds the maximum block size {NbdLimits.MaxRequestLength}";
