@@ -1,5 +1,7 @@
 using System.CommandLine;
+using System.CommandLine.Help;
 using System.CommandLine.Invocation;
+using System.CommandLine.Parsing;
 using Cbd.Cli.Commands;
 
 namespace Cbd.Cli;
@@ -8,19 +10,52 @@ public static class Program
 {
     public static async Task<int> Main(string[] args)
     {
-        var root = new RootCommand("cbd: a compressed block device served over NBD.")
+        var check = CheckCommand.Create();
+        var root = new RootCommand(
+            "cbd: a compressed block device, served over NBD. An image is made with format, filled with import, served with serve, " +
+            "and looked after with info, check, resize, tune and export. Every command has --help.")
         {
+            FormatCommand.Create(),
+            InfoCommand.Create(),
+            check,
+            ResizeCommand.Create(),
+            TuneCommand.Create(),
+            ImportCommand.Create(),
+            ExportCommand.Create(),
             ServeCommand.Create(),
         };
-        ParseResult parse = root.Parse(args);
-        if (parse.Action is ParseErrorAction errorAction)
+        // `cbd` alone shows what there is to do rather than an error about a missing command.
+        root.SetAction(parse =>
         {
-            // A mistyped option should produce its error, not a screenful of help burying it.
-            errorAction.ShowHelp = false;
+            new HelpAction().Invoke(parse);
+            return ExitCodes.Success;
+        });
+
+        ParseResult parse = root.Parse(args);
+        if (parse.Action is ParseErrorAction)
+        {
+            // One line per error and a pointer to the help, not a screenful of help burying the error.
+            foreach (ParseError error in parse.Errors)
+            {
+                CommandRunner.Error(error.Message);
+            }
+            Console.Error.WriteLine($"Try '{CommandPath(parse.CommandResult)} --help'.");
+            return parse.CommandResult.Command == check ? ExitCodes.CheckUsage : ExitCodes.Usage;
         }
         // Commands install their own signal handling (serve shuts down gracefully on SIGINT/SIGTERM), so the
         // library's, which would cancel and then kill the process after a timeout, is switched off.
         var configuration = new InvocationConfiguration { ProcessTerminationTimeout = null };
         return await parse.InvokeAsync(configuration).ConfigureAwait(false);
+    }
+
+    private static string CommandPath(CommandResult result)
+    {
+        var names = new List<string>();
+        for (SymbolResult? at = result; at is CommandResult command; at = at.Parent)
+        {
+            names.Add(command.Command is RootCommand ? "cbd" : command.Command.Name);
+        }
+        names.Reverse();
+        return string.Join(' ', names);
     }
 }

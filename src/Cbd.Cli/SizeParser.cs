@@ -81,4 +81,26 @@ public static class SizeParser
         }
         return $"{bytes} {units[unit]}";
     }
+
+    /// <summary>
+    /// Formats a byte count for reading at a glance, in the largest binary unit it reaches: whole when it is,
+    /// else to one decimal (65536 -> "64 KiB", 1610612737 -> "1.5 GiB").
+    /// </summary>
+    public static string FormatApproximate(long bytes)
+    {
+        if (bytes < 1024)
+        {
+            return $"{bytes} bytes";
+        }
+        string[] units = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+        double value = bytes / 1024.0;
+        int unit = 0;
+        while (unit < units.Length - 1 && value >= 1024)
+        {
+            value /= 1024;
+            unit++;
+        }
+        string number = value == Math.Floor(value) ? value.ToString("0", CultureInfo.InvariantCulture) : value.ToString("0.0", CultureInfo.InvariantCulture);
+        return $"{number} {units[unit]}";
+    }
 }

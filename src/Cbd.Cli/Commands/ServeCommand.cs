@@ -59,16 +59,13 @@ public static class ServeCommand
 
     private static readonly Option<bool> s_create = new("--create") { Description = "Create and format IMAGE, which must not exist yet (needs --size)." };
 
-    private static readonly Option<long?> s_size = new("--size")
-    {
-        Description = "With --create: size of the new image file, e.g. 10G. The logical size is 3 times that.",
-        HelpName = "SIZE",
-        CustomParser = result => SizeParser.ParseArgument(result),
-    };
+    private static readonly Option<long?> s_size = CliOptions.Size("--size",
+        "With --create: size of the new image file, e.g. 10G. The logical size is 3 times that.");
 
     public static Command Create()
     {
-        var command = new Command("serve", "Serve an image over NBD until interrupted.")
+        var command = new Command("serve", "Serve an image over NBD until interrupted. " +
+            "Exit codes: 0 after a clean shutdown (SIGINT or SIGTERM); 1 the image could not be opened or served, or not closed clean; 2 the command line was not understood.")
         {
             s_image, s_socket, s_listen, s_name, s_readOnly, s_cache, s_flushDelay, s_pidFile, s_create, s_size,
         };

@@ -1,0 +1,124 @@
+using System.CommandLine;
+using Cbd.Cli.Output;
+using Cbd.Core.Format;
+using Cbd.Core.Maintenance;
+using Spectre.Console;
+using Layout = Cbd.Core.Format.Layout;
+
+namespace Cbd.Cli.Commands;
+
+/// <summary><c>cbd info IMAGE</c>: header fields, geometry and usage of a closed image, as text or JSON.</summary>
+public static class InfoCommand
+{
+    /// <summary>More zones than this are summed up in text; JSON always lists every zone.</summary>
+    private const int ZonesListed = 32;
+
+    public static Command Create()
+    {
+        var image = CliOptions.Image("The cbd image file or block device.");
+        var json = CliOptions.Json("everything");
+        var quiet = CliOptions.Quiet();
+        var command = new Command("info",
+            "Show an image's header, geometry and usage. Usage figures are exact: from the header and pbats of an image closed clean, " +
+            "counted from the lbats of a dirty one (open elsewhere, or not closed clean). " + ExitCodes.GeneralHelp)
+        {
+            image, json, quiet,
+        };
+        CommandRunner.SetAction(command, (parse, cancellationToken) =>
+            RunAsync(parse.GetRequiredValue(image), parse.GetValue(json), parse.GetValue(quiet), cancellationToken));
+        return command;
+    }
+
+    private static async Task<int> RunAsync(string path, bool json, bool quiet, CancellationToken cancellationToken)
+    {
+        await using var store = ImageFiles.Open(path, writable: false);
+        await ImageFiles.ReadGeometryAsync(store, path, cancellationToken).ConfigureAwait(false);
+        var usage = await Terminal.WithProgressAsync(quiet, $"reading {Path.GetFileName(path)}", store.Length,
+            progress => DeviceUsage.ReadAsync(store, progress, cancellationToken)).ConfigureAwait(false);
+        var info = ToJson(path, store.Length, usage);
+        if (json)
+        {
+            CliJsonContext.Print(info, CliJsonContext.Default.InfoJson);
+        }
+        else
+        {
+            PrintText(info, usage);
+        }
+        return ExitCodes.Success;
+    }
+
+    public static InfoJson ToJson(string path, long storeBytes, UsageReport usage)
+    {
+        var g = usage.Geometry;
+        var h = g.Header;
+        long physicalUsed = usage.PblksUsed * Layout.PblkSize;
+        long logicalUsed = usage.LblksUsed * g.LblkSize;
+        var zones = new ZoneJson[g.NrZones];
+        for (uint zone = 0; zone < g.NrZones; zone++)
+        {
+            int data = g.DataPblks(zone);
+            int used = usage.ZonePblksUsed[(int)zone];
+            zones[zone] = new ZoneJson(zone, g.ZoneStart(zone), g.DataStart(zone), data, used, GeometryText.Percent(used, data));
+        }
+        return new InfoJson(
+            CliJsonContext.Version,
+            path,
+            storeBytes,
+            new HeaderJson(h.VersionMajor, h.VersionMinor, h.NrPhysicalSectors, h.NrLogicalSectors, h.LblkShift, (int)h.Flags,
+                h.Flags.HasFlag(HeaderFlags.Dirty), h.Flags.HasFlag(HeaderFlags.ZeroDetect), h.Flags.HasFlag(HeaderFlags.LblkCrc),
+                CompressionChoice.Name(h.Algorithm), h.Level, h.NrZones, h.LblkPerZone, h.PblkUsed, h.LblkUsed),
+            new GeometryJson((long)g.NrPblks * Layout.PblkSize, g.LogicalBytes, Layout.PblkSize, g.LblkSize, g.NrPblks, g.NrLblks, g.NrZones,
+                g.LblkPerZone, g.LbatPblks, g.Alloc.Name, g.Alloc.EntrySize, g.TotalDataPblks, GeometryText.MetadataPblks(g),
+                GeometryText.MetadataPercent(g)),
+            new UsageJson(CliJsonContext.EnumName(usage.Source), usage.LblksUsed, g.NrLblks, usage.PblksUsed, g.TotalDataPblks, logicalUsed, physicalUsed,
+                physicalUsed == 0 ? 1.0 : Math.Round((double)logicalUsed / physicalUsed, 3),
+                GeometryText.Percent(usage.PblksUsed, g.TotalDataPblks), usage.ScanErrors),
+            zones);
+    }
+
+    private static void PrintText(InfoJson info, UsageReport report)
+    {
+        var g = report.Geometry;
+        var h = info.Header;
+        var u = info.Usage;
+        var console = Terminal.Out;
+        string state = h.Dirty ? "dirty: open elsewhere, or not closed clean" : "closed clean";
+
+        var fields = new Fields();
+        GeometryText.AddGeometry(fields, g);
+        fields.Add("usage", report.Source == UsageSource.Header
+            ? "from the header's stats and the pbats (exact: the image was closed clean)"
+            : "counted from the lbats (the header's stats are not kept up to date while the image is dirty)");
+        fields.Add("lblks used", $"{u.LblksUsed} of {u.LblksTotal} ({GeometryText.Percent(u.LblksUsed, u.LblksTotal):0.###} %), " +
+            $"{SizeParser.FormatApproximate(u.LogicalBytesUsed)} of logical data");
+        fields.Add("pblks used", $"{u.PblksUsed} of {u.PblksTotal} ({u.FillPercent:0.###} %), " +
+            $"{SizeParser.FormatApproximate(u.PhysicalBytesUsed)} stored");
+        fields.Add("compression ratio", $"{u.CompressionRatio:0.000} (logical bytes in use / bytes stored)");
+        if (u.ScanErrors > 0)
+        {
+            fields.Add("problems", $"{u.ScanErrors} errors found while counting; invalid entries are not counted. Run cbd check");
+        }
+        fields.Write($"{info.Image}: cbd image, format version {h.VersionMajor}.{h.VersionMinor}, {state}");
+
+        if (info.Zones.Count <= ZonesListed)
+        {
+            var table = Terminal.NewTable("zone", "first pblk", "data pblks", "pblks used", "fill");
+            foreach (var zone in info.Zones)
+            {
+                table.AddRow(Terminal.Cell(zone.Zone.ToString()), Terminal.Cell(zone.FirstPblk.ToString()), Terminal.Cell(zone.DataPblks.ToString()),
+                    Terminal.Cell(zone.PblksUsed.ToString()), Terminal.Cell($"{zone.FillPercent:0.###} %"));
+            }
+            foreach (int column in new[] { 0, 1, 2, 3, 4 })
+            {
+                table.Columns[column].RightAligned();
+            }
+            console.Write(table);
+        }
+        else
+        {
+            var fills = info.Zones.Select(z => z.FillPercent).Order().ToArray();
+            Console.Out.WriteLine($"zone fill over {fills.Length} zones: least {fills[0]:0.###} %, median {fills[fills.Length / 2]:0.###} %, " +
+                $"most {fills[^1]:0.###} % (--json lists every zone)");
+        }
+    }
+}

@@ -1,0 +1,90 @@
+using Cbd.Core.Engine;
+using Cbd.Core.Format;
+using Cbd.Core.Storage;
+
+namespace Cbd.Cli;
+
+/// <summary>Opens images and raw files, turning the usual failures into one-line messages naming the path.</summary>
+public static class ImageFiles
+{
+    /// <summary>Opens an existing file or block device.</summary>
+    /// <exception cref="CliException">No such file, a directory, no permission, or the open failed.</exception>
+    public static FileBackingStore Open(string path, bool writable)
+    {
+        RequireExisting(path);
+        try
+        {
+            return FileBackingStore.Open(path, writable);
+        }
+        catch (UnauthorizedAccessException)
+        {
+            throw new CliException($"{path}: permission denied{(writable ? " (it is opened for writing)" : "")}");
+        }
+        catch (IOException e)
+        {
+            throw new CliException($"{path}: {e.Message}");
+        }
+    }
+
+    public static void RequireExisting(string path)
+    {
+        if (Directory.Exists(path))
+        {
+            throw new CliException($"{path}: is a directory");
+        }
+        if (!File.Exists(path))
+        {
+            throw new CliException($"{path}: no such file");
+        }
+    }
+
+    /// <summary>Reads and validates the image's header and geometry.</summary>
+    /// <exception cref="CliException">Not a cbd image, or a header that is corrupt or describes no valid geometry.</exception>
+    public static async Task<Geometry> ReadGeometryAsync(IBackingStore store, string path, CancellationToken cancellationToken)
+    {
+        try
+        {
+            return await Geometry.ReadAsync(store, cancellationToken).ConfigureAwait(false);
+        }
+        catch (InvalidDataException e)
+        {
+            throw new CliException($"{path}: {e.Message}; run cbd check for details");
+        }
+    }
+
+    /// <summary>Opens an image as a device; the device owns the store from here, and disposes it.</summary>
+    /// <exception cref="CliException">The image cannot be opened; the message names the problem.</exception>
+    public static async Task<CompressedDevice> OpenDeviceAsync(string path, DeviceOptions options, CancellationToken cancellationToken)
+    {
+        var store = Open(path, writable: !options.ReadOnly);
+        try
+        {
+            return await CompressedDevice.OpenAsync(store, options, cancellationToken).ConfigureAwait(false);
+        }
+        catch (Exception e)
+        {
+            await store.DisposeAsync().ConfigureAwait(false);
+            if (e is InvalidDataException)
+            {
+                throw new CliException($"{path}: {e.Message}; run cbd check for details");
+            }
+            throw;
+        }
+    }
+
+    /// <summary>Whether two paths name the same file, through symbolic links.</summary>
+    public static bool SameFile(string a, string b) => Resolve(a) == Resolve(b);
+
+    private static string Resolve(string path)
+    {
+        string full = Path.GetFullPath(path);
+        try
+        {
+            return File.ResolveLinkTarget(full, returnFinalTarget: true)?.FullName ?? full;
+        }
+        catch (IOException)
+        {
+            return full;
+        }
+    }
+}
