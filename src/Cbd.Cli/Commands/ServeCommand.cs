@@ -156,7 +156,10 @@ public static class ServeCommand
             }
             if (pidFile is not null)
             {
-                await File.WriteAllTextAsync(pidFile, $"{Environment.ProcessId}\n").ConfigureAwait(false);
+                // Written whole, then renamed into place: a script polling for it never reads it half-written.
+                string partial = pidFile + ".partial";
+                await File.WriteAllTextAsync(partial, $"{Environment.ProcessId}\n").ConfigureAwait(false);
+                File.Move(partial, pidFile, overwrite: true);
                 pidWritten = true;
             }
             PrintBanner(image, device, name, readOnly, uris);
@@ -247,15 +250,30 @@ public static class ServeCommand
 
     private static void PrintBanner(string image, CompressedDevice device, string name, bool readOnly, List<string> uris)
     {
+        if (device.Recovered)
+            Console.Error.WriteLine($"cbd: {image} was not closed cleanly: pbats and usage rebuilt from the lbats");
         Console.WriteLine($"cbd: serving {image} as export \"{name}\": {SizeParser.Format(device.Size)}, lblk {SizeParser.Format(device.BlockSize)}{(readOnly ? ", read-only" : "")}");
         foreach (string uri in uris)
         {
             Console.WriteLine($"  {uri}");
         }
         string first = uris[0];
-        Console.WriteLine($"  nbdinfo '{first}'");
-        Console.WriteLine($"  qemu-img info '{first}'");
-        Console.WriteLine($"  mkdir -p /tmp/{name}-fuse && nbdfuse /tmp/{name}-fuse '{first}' &   # then losetup -f --show /tmp/{name}-fuse/nbd");
+        string fuse = $"/tmp/{name}-fuse";
+        Console.WriteLine("Attach with:");
+        Console.WriteLine($"  nbdinfo '{first}'                      # size, block sizes, capabilities");
+        Console.WriteLine($"  qemu-img info '{first}'                # or -drive file={first},format=raw");
+        if (first.StartsWith("nbd+unix", StringComparison.Ordinal))
+        {
+            string socket = first[(first.IndexOf("?socket=", StringComparison.Ordinal) + 8)..];
+            Console.WriteLine($"  modprobe nbd && nbd-client -unix {socket} -N {name} /dev/nbd0");
+        }
+        else
+        {
+            var uri = new Uri(first);
+            Console.WriteLine($"  modprobe nbd && nbd-client {uri.Host.Trim('[', ']')} {uri.Port} -N {name} /dev/nbd0");
+        }
+        Console.WriteLine($"  mkdir -p {fuse} /mnt/{name} && nbdfuse {fuse} '{first}' &");
+        Console.WriteLine($"  loop=$(losetup -f --show {fuse}/nbd) && mkfs.ext4 $loop && mount $loop /mnt/{name}");
         Console.Out.Flush();
     }
 

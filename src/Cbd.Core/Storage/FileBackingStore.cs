@@ -31,8 +31,18 @@ public sealed class FileBackingStore : IBackingStore
     /// <summary>Opens an existing file or block device.</summary>
     public static FileBackingStore Open(string path, bool writable)
     {
-        var handle = File.OpenHandle(path, FileMode.Open, writable ? FileAccess.ReadWrite : FileAccess.Read,
-            writable ? FileShare.Read : FileShare.ReadWrite, FileOptions.Asynchronous);
+        // A writer takes the file exclusively (flock LOCK_EX on Linux): two writers, say a server and a
+        // repair, would each trust metadata the other is changing.
+        SafeFileHandle handle;
+        try
+        {
+            handle = File.OpenHandle(path, FileMode.Open, writable ? FileAccess.ReadWrite : FileAccess.Read,
+                writable ? FileShare.None : FileShare.ReadWrite, FileOptions.Asynchronous);
+        }
+        catch (IOException e) when (e is not FileNotFoundException and not DirectoryNotFoundException && File.Exists(path))
+        {
+            throw new IOException("in use by another process (is cbd serve or a repair running on it?)", e);
+        }
         // BLKGETSIZE64 answers only for a block device (ENOTTY for a regular file).
         bool isBlock = TryGetBlockDeviceLength(handle, out long blockLength);
         long length = isBlock ? blockLength : RandomAccess.GetLength(handle);
@@ -42,7 +52,7 @@ public sealed class FileBackingStore : IBackingStore
     /// <summary>Creates a new sparse file of <paramref name="length"/> bytes; fails if it exists.</summary>
     public static FileBackingStore Create(string path, long length)
     {
-        var handle = File.OpenHandle(path, FileMode.CreateNew, FileAccess.ReadWrite, FileShare.Read, FileOptions.Asynchronous);
+        var handle = File.OpenHandle(path, FileMode.CreateNew, FileAccess.ReadWrite, FileShare.None, FileOptions.Asynchronous);
         RandomAccess.SetLength(handle, length);
         return new FileBackingStore(handle, true, length, path);
     }
