@@ -1,5 +1,6 @@
 using System.IO.Hashing;
 using Cbd.Core.Engine;
+using Cbd.Core.Maintenance;
 using Cbd.Core.Storage;
 
 namespace Cbd.Core.Tests.Engine;
@@ -122,6 +123,10 @@ public class CrashConsistencyTests
             for (int variant = 0; variant < variantsPerCut; variant++)
             {
                 var image = recorder.ImageAt(cut, random);
+                // The consistency check first: at most a dirty image whose pbats and stats the next open rebuilds.
+                var report = await DeviceChecker.CheckAsync(image);
+                Assert.False(report.HasErrors, $"cut {cut}/{recorder.Count}, variant {variant}: check found " +
+                    string.Join("; ", report.Problems.Where(p => p.Severity == CheckSeverity.Error).Select(p => p.Message)));
                 var seen = new byte[Lblks][];
                 await using (var device = await DeviceTestKit.OpenAsync(image))
                 {
