@@ -1,0 +1,197 @@
+# Results: the markdown report and the ratio chart, from bench/run's measurements. Sourced by
+# bench/run, which sets out, work, and the variables named in write_report.
+#
+# measurements.tsv: server  workload  round  seconds  MB/s  IOPS   (IOPS "-" for the nbdcopy steps)
+
+workloads=(w1 w2 randwrite randread seqwrite)
+declare -A workload_short=(
+  [w1]="W1 copy in" [w2]="W2 copy out" [randwrite]="W3 rand write 4K"
+  [randread]="W3 rand read 4K" [seqwrite]="W3 seq write 1M"
+)
+declare -A workload_title=(
+  [w1]="\`nbdcopy --flush corpus.img EXPORT\` into the fresh export; MB/s is the corpus' logical bytes (zero runs included) over the time taken"
+  [w2]="\`nbdcopy EXPORT out.img\`, then out.img's sha256 compared with the corpus' (not timed); MB/s as W1"
+  [randwrite]="fio random write, 4 KiB blocks, iodepth 16, time-based, ending with a flush that fio counts in the time"
+  [randread]="fio random read, 4 KiB blocks, iodepth 16, time-based"
+  [seqwrite]="fio sequential write of the whole export, 1 MiB blocks, iodepth 16, \`buffer_compress_percentage=60\`, \`refill_buffers\`, ending with a flush"
+)
+
+# best SERVER WORKLOAD: "seconds MB/s IOPS" of the round with the highest throughput.
+best() {
+  awk -F'\t' -v s="$1" -v w="$2" '
+    $1 == s && $2 == w && (!found || $5 + 0 > best + 0) { found = 1; best = $5; line = $4 " " $5 " " $6 }
+    END { if (found) print line; else print "- - -" }' "$work/measurements.tsv"
+}
+
+# Throughput of A relative to B (>1: A is faster); "-" when either is missing.
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-" || b + 0 == 0) print "-"; else printf "%.2f", a / b }'; }
+
+mib() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1048576 }'; }
+div() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "-"; else printf "%.3f", a / b }'; }
+
+write_table() {
+  local w s sec mbps iops
+  echo "| workload | server | seconds | MB/s | IOPS | vs nbdkit-file | vs qemu-nbd |"
+  echo "| --- | --- | ---: | ---: | ---: | ---: | ---: |"
+  for w in "${workloads[@]}"; do
+    local ref_nbdkit ref_qemu
+    ref_nbdkit="$(best nbdkit-file "$w" | cut -d' ' -f2)"
+    ref_qemu="$(best qemu-nbd "$w" | cut -d' ' -f2)"
+    for s in "${server_names[@]}"; do
+      read -r sec mbps iops <<<"$(best "$s" "$w")"
+      [[ "$iops" == "-" ]] || iops="$(printf '%.0f' "$iops")"
+      local label=""
+      [[ "$s" != "${server_names[0]}" ]] || label="${workload_short[$w]}"
+      echo "| $label | $s | $sec | $mbps | $iops | $(ratio "$mbps" "$ref_nbdkit")× | $(ratio "$mbps" "$ref_qemu")× |"
+    done
+  done
+}
+
+write_space_table() {
+  local s phys floor_name floor_bytes
+  echo "| server | bytes allocated after W1 | MiB | per logical byte | vs floor |"
+  echo "| --- | ---: | ---: | ---: | ---: |"
+  for s in "${server_names[@]}"; do
+    phys="${physical_bytes[$s]:-0}"
+    case "$s" in
+      cbd) floor_bytes="${floor[lz4_floor_bytes]}"; floor_name="LZ4" ;;
+      cbd-zstd) floor_bytes="${floor[zstd_floor_bytes]}"; floor_name="zstd" ;;
+      *) floor_bytes="" ;;
+    esac
+    local vs="-"
+    [[ -z "$floor_bytes" ]] || vs="$(div "$phys" "$floor_bytes")× the $floor_name floor"
+    echo "| $s | $phys | $(mib "$phys") | $(div "$phys" "$corpus_bytes") | $vs |"
+  done
+  echo "| floor, LZ4 level ${floor[lz4_level]} | ${floor[lz4_floor_bytes]} | $(mib "${floor[lz4_floor_bytes]}") | $(div "${floor[lz4_floor_bytes]}" "$corpus_bytes") | |"
+  echo "| floor, zstd level ${floor[zstd_level]} | ${floor[zstd_floor_bytes]} | $(mib "${floor[zstd_floor_bytes]}") | $(div "${floor[zstd_floor_bytes]}" "$corpus_bytes") | |"
+}
+
+write_memory_table() {
+  local s
+  echo "| server | peak RSS (VmHWM) MiB | stop after SIGTERM, s |"
+  echo "| --- | ---: | ---: |"
+  for s in "${server_names[@]}"; do
+    echo "| $s | $(awk -v k="${server_hwm_kib[$s]:-0}" 'BEGIN { printf "%.1f", k / 1024 }') | ${server_stop_seconds[$s]:--} |"
+  done
+}
+
+# The chart: per workload, cbd and cbd-zstd throughput over each reference, as bars growing up
+# from 1 (faster) or down (slower) on a log scale.
+write_chart() {
+  local dat="$work/ratios.dat" w i=0 v col server reference
+  : >"$dat"
+  for w in "${workloads[@]}"; do
+    local line="$i"$'\t'"${workload_short[$w]}"
+    for col in "cbd nbdkit-file" "cbd qemu-nbd" "cbd-zstd nbdkit-file" "cbd-zstd qemu-nbd"; do
+      read -r server reference <<<"$col"
+      v="$(ratio "$(best "$server" "$w" | cut -d' ' -f2)" "$(best "$reference" "$w" | cut -d' ' -f2)")"
+      line+=$'\t'"${v/-/NaN}"
+    done
+    echo "$line" >>"$dat"
+    i=$((i + 1))
+  done
+  # Room above and below the bars for their labels; 1 always in view.
+  local yrange
+  yrange="$(awk -F'\t' '{ for (i = 3; i <= NF; i++) if ($i != "NaN") { if (!n++ || $i < lo) lo = $i; if ($i > hi) hi = $i } }
+    END { if (!n) { lo = 1; hi = 1 } if (lo > 1) lo = 1; if (hi < 1) hi = 1; printf "%g:%g", lo / 1.6, hi * 1.6 }' "$dat")"
+  gnuplot <<GNUPLOT
+set terminal pngcairo size 1200,650 font "DejaVu Sans,12"
+set datafile separator "\t"
+set output "$out/ratios.png"
+set title "cbd throughput relative to nbdkit-file and qemu-nbd, same run (corpus $(mib "$corpus_bytes") MiB; >1: cbd faster)"
+set logscale y 2
+set ylabel "throughput ratio (log scale)"
+set yrange [$yrange]
+set xrange [-0.6:${#workloads[@]}-0.4]
+set grid ytics
+set key below center horizontal width 2
+set style fill solid 0.85 border lc rgb "#333333"
+set xtics scale 0
+set arrow from graph 0, first 1 to graph 1, first 1 nohead lw 2 lc rgb "black"
+w = 0.19
+bar(x, k) = x + (k - 1.5) * w
+lo(v) = v < 1 ? v : 1
+hi(v) = v < 1 ? 1 : v
+plot "$dat" using (bar(\$1,0)):3:(bar(\$1,0)-w/2):(bar(\$1,0)+w/2):(lo(\$3)):(hi(\$3)):xtic(2) with boxxyerror lc rgb "#1f77b4" title "cbd / nbdkit-file", \
+     "" using (bar(\$1,1)):4:(bar(\$1,1)-w/2):(bar(\$1,1)+w/2):(lo(\$4)):(hi(\$4)) with boxxyerror lc rgb "#9ecae1" title "cbd / qemu-nbd", \
+     "" using (bar(\$1,2)):5:(bar(\$1,2)-w/2):(bar(\$1,2)+w/2):(lo(\$5)):(hi(\$5)) with boxxyerror lc rgb "#d62728" title "cbd-zstd / nbdkit-file", \
+     "" using (bar(\$1,3)):6:(bar(\$1,3)-w/2):(bar(\$1,3)+w/2):(lo(\$6)):(hi(\$6)) with boxxyerror lc rgb "#ff9896" title "cbd-zstd / qemu-nbd", \
+     "" using (bar(\$1,0)):(\$3 >= 1 ? \$3*1.08 : \$3/1.08):(sprintf("%.2f", \$3)) with labels font ",9" notitle, \
+     "" using (bar(\$1,1)):(\$4 >= 1 ? \$4*1.08 : \$4/1.08):(sprintf("%.2f", \$4)) with labels font ",9" notitle, \
+     "" using (bar(\$1,2)):(\$5 >= 1 ? \$5*1.08 : \$5/1.08):(sprintf("%.2f", \$5)) with labels font ",9" notitle, \
+     "" using (bar(\$1,3)):(\$6 >= 1 ? \$6*1.08 : \$6/1.08):(sprintf("%.2f", \$6)) with labels font ",9" notitle
+GNUPLOT
+}
+
+write_report() {
+  local md="$out/results.md"
+  {
+    echo "# bench/run results"
+    echo
+    echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)),"
+    echo "$(awk '/^MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo) memory, Linux $(uname -r); cbd $(cbd_revision),"
+    echo "$(nbdkit --version | head -1), $(qemu-nbd --version | head -1 | cut -d' ' -f1-2), $(fio --version), $(nbdcopy --version | head -1)."
+    echo
+    echo "Corpus: ext4 image of $(mib "$corpus_bytes") MiB, ${corpus_used_pct}% used, holding $corpus_files files"
+    echo "($(mib "$corpus_file_bytes") MiB) sampled from ${corpus_sources[*]}; ${floor[zero_lblks]} of its ${floor[lblks]} 64 KiB blocks are all zeroes."
+    echo "Each server serves a fresh export of the corpus' size on a Unix socket; W1, W2 and W3 run in that"
+    echo "order on each, the servers taking turns at each step. fio: $fio_runtime s per random job, best of"
+    echo "$rounds round(s). Page cache dropped before each measured step: $(drop_caches_summary)."
+    echo "Ratios are throughput over the reference's (MB/s, or IOPS, which is the same thing): above 1, faster."
+    echo
+    local w
+    for w in "${workloads[@]}"; do
+      echo "- ${workload_short[$w]}: ${workload_title[$w]}."
+    done
+    echo
+    write_table
+    echo
+    local s verified=""
+    for s in "${server_names[@]}"; do verified+="${verified:+, }$s ${w2_verified[$s]:-not run}"; done
+    echo "W2's out.img against the corpus' sha256: $verified."
+    echo
+    echo "## Space after W1"
+    echo
+    echo "Bytes allocated to the server's backing file (\`stat\` blocks × 512) once W1's flush returned,"
+    echo "for the corpus' $corpus_bytes logical bytes. The floor is what cbd's format needs at the least:"
+    echo "each non-zero 64 KiB block of the corpus compressed on its own (plus the format's one-byte tag),"
+    echo "rounded up to 4 KiB pblks, or stored whole when that saves no pblk; metadata not counted."
+    echo
+    write_space_table
+    echo
+    echo "## Peak memory"
+    echo
+    echo "VmHWM of each server's process just before it was stopped, after every workload, and how long it"
+    echo "took to exit once sent SIGTERM."
+    echo
+    write_memory_table
+    echo
+    echo "![cbd / reference throughput ratios](ratios.png)"
+    echo
+    echo "Total wall time: ${total_seconds} s (build $(printf "%.0f" "$build_seconds") s, corpus $(printf "%.0f" "$corpus_build_seconds") s, floor ${floor[seconds]} s)."
+    echo "Load average (1 min) at the start: $load_at_start, at the end: $load_at_end; on $(nproc) cores, anything"
+    echo "well above the load this run adds (about 2) means other work shared the machine."
+  } >"$md"
+  write_chart
+}
+
+# The commit cbd was built from, marked when src/ differs from it.
+cbd_revision() {
+  local rev
+  if rev="$(git -C "$root" rev-parse --short HEAD 2>/dev/null)"; then
+    git -C "$root" diff --quiet HEAD -- src 2>/dev/null || rev+=" with uncommitted changes in src/"
+    echo "$rev"
+  else
+    echo "(not a git checkout)"
+  fi
+}
+
+drop_caches_summary() {
+  if [[ $drop_caches_failed -eq 0 && $drop_caches_ok -gt 0 ]]; then
+    echo "yes ($drop_caches_ok times)"
+  elif [[ $drop_caches_ok -eq 0 ]]; then
+    echo "no (writing /proc/sys/vm/drop_caches failed: not root, or a read-only /proc/sys)"
+  else
+    echo "partly ($drop_caches_ok of $((drop_caches_ok + drop_caches_failed)) times)"
+  fi
+}
