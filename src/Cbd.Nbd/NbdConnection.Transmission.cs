@@ -9,7 +9,7 @@ namespace Cbd.Nbd;
 internal sealed partial class NbdConnection
 {
     /// <summary>A run of a READ reply: bytes <c>[Start, Start + Length)</c> of the request, sent as a hole when <c>IsZero</c>.</summary>
-    private readonly record struct ReadRun(int Start, int Length, bool IsZero);
+    internal readonly record struct ReadRun(int Start, int Length, bool IsZero);
 
     /// <summary>Reads requests until NBD_CMD_DISC, the end of the stream, a malformed request or shutdown.</summary>
     private async Task TransmitAsync(CancellationToken cancellationToken)
@@ -278,20 +278,14 @@ internal sealed partial class NbdConnection
         ReadRun[]? runs = null;
         try
         {
+            // One device call for the whole range. With structured replies, the lblks that read as zeros are
+            // then sent as hole chunks: finding them in the data costs less than asking the device first.
+            await device.ReadAsync(offset, buffer.AsMemory(0, length), _abort.Token).ConfigureAwait(false);
             int runCount = 1;
-            bool allZero = false;
             if (_structuredReplies && (request.Flags & NbdCommandFlags.DontFragment) == 0)
             {
-                IReadOnlyList<BlockExtent> extents = await device.GetBlockStatusAsync(offset, length, _abort.Token).ConfigureAwait(false);
-                runs = ArrayPool<ReadRun>.Shared.Rent(Math.Max(1, extents.Count));
-                runCount = BuildReadRuns(extents, length, runs);
-                allZero = runCount == 1 && runs[0].IsZero;
-            }
-            if (!allZero)
-            {
-                // One device call for the whole range, holes included: cheaper than one per data run, and the
-                // hole runs are simply not sent.
-                await device.ReadAsync(offset, buffer.AsMemory(0, length), _abort.Token).ConfigureAwait(false);
+                runs = ArrayPool<ReadRun>.Shared.Rent(length / device.BlockSize + 2);
+                runCount = BuildReadRuns(buffer.AsSpan(0, length), offset, device.BlockSize, runs);
             }
 
             if (!_structuredReplies)
@@ -324,35 +318,27 @@ internal sealed partial class NbdConnection
     }
 
     /// <summary>
-    /// Turns the device's extents into alternating data and zero runs covering <c>[0, length)</c>. Extents that
-    /// do not cover the range exactly are not trusted: the whole range is then sent as data.
+    /// Splits <paramref name="data"/> (read at device offset <paramref name="offset"/>) into alternating data and
+    /// zero runs at block boundaries: a block, or the part of one the request covers, that reads as all zeros
+    /// is a zero run.
     /// </summary>
-    private static int BuildReadRuns(IReadOnlyList<BlockExtent> extents, int length, ReadRun[] runs)
+    internal static int BuildReadRuns(ReadOnlySpan<byte> data, long offset, int blockSize, ReadRun[] runs)
     {
         int count = 0;
-        long position = 0;
-        foreach (BlockExtent extent in extents)
+        int position = 0;
+        while (position < data.Length)
         {
-            if (extent.Length <= 0 || extent.Length > length - position)
-            {
-                break;
-            }
-            // A hole that is not known to be zero has undefined contents: it is sent as the data the device reads.
-            bool zero = extent.IsZero;
+            int end = (int)Math.Min(data.Length, position + (blockSize - (offset + position) % blockSize));
+            bool zero = !data[position..end].ContainsAnyExcept((byte)0);
             if (count > 0 && runs[count - 1].IsZero == zero)
             {
-                runs[count - 1] = runs[count - 1] with { Length = runs[count - 1].Length + (int)extent.Length };
+                runs[count - 1] = runs[count - 1] with { Length = runs[count - 1].Length + (end - position) };
             }
             else
             {
-                runs[count++] = new ReadRun((int)position, (int)extent.Length, zero);
+                runs[count++] = new ReadRun(position, end - position, zero);
             }
-            position += extent.Length;
-        }
-        if (position != length)
-        {
-            runs[0] = new ReadRun(0, length, false);
-            return 1;
+            position = end;
         }
         return count;
     }

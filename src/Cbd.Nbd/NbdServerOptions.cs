@@ -14,7 +14,7 @@ public sealed record NbdServerOptions
     /// A single request is always admitted when nothing else is in flight, so this never blocks a request of
     /// up to <see cref="Protocol.NbdLimits.MaxRequestLength"/>.
     /// </summary>
-    public long MaxInFlightBytes { get; init; } = 128L << 20;
+    public long MaxInFlightBytes { get; init; } = 8L << 20;
 
     /// <summary>
     /// How long <see cref="NbdServer.StopAsync"/> lets in-flight requests finish before it cancels the

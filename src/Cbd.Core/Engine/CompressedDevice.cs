@@ -674,6 +674,8 @@ public sealed partial class CompressedDevice : IBlockDevice
                     entry.Lock.Release();
                 }
             }
+            // Writers held back by a full cache may go on now: the entries written back are clean.
+            SignalCheckpointProgress();
             await _lbat.WriteDirtyAsync(ct).ConfigureAwait(false);
             await _store.FlushAsync(ct).ConfigureAwait(false);
             await _alloc.FreeAsync(freed, ct).ConfigureAwait(false);
@@ -685,16 +687,13 @@ public sealed partial class CompressedDevice : IBlockDevice
         }
         finally
         {
-            TaskCompletionSource done;
             lock (_cacheLock)
             {
                 foreach (var entry in batch)
                     entry.Pins--;
-                done = _checkpointDone;
-                _checkpointDone = new(TaskCreationOptions.RunContinuationsAsynchronously);
             }
             EvictIfNeeded();
-            done.TrySetResult();
+            SignalCheckpointProgress();
         }
     }
 
@@ -767,6 +766,18 @@ public sealed partial class CompressedDevice : IBlockDevice
         {
             _buffers.Return(stored);
         }
+    }
+
+    /// <summary>Wakes writers waiting in <see cref="ThrottleAsync"/> to look at the dirty count again.</summary>
+    private void SignalCheckpointProgress()
+    {
+        TaskCompletionSource done;
+        lock (_cacheLock)
+        {
+            done = _checkpointDone;
+            _checkpointDone = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        }
+        done.TrySetResult();
     }
 
     private async Task WriteBackLoopAsync()
