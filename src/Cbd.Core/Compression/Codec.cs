@@ -55,7 +55,7 @@ public abstract class Codec
         CodecLimits.Validate(algorithm, level, "requested");
         return algorithm switch
         {
-            CompressionAlgorithm.Lz4 => new Lz4Codec(level),
+            CompressionAlgorithm.Lz4 => NativeLz4Codec.IsAvailable ? new NativeLz4Codec(level) : new Lz4Codec(level),
             CompressionAlgorithm.Zlib => new ZlibCodec(level),
             _ => new ZstdCodec(level),
         };
@@ -70,7 +70,7 @@ public abstract class Codec
         _ => null,
     };
 
-    private static readonly Codec s_lz4Reader = new Lz4Codec(0);
+    private static readonly Codec s_lz4Reader = NativeLz4Codec.IsAvailable ? new NativeLz4Codec(0) : new Lz4Codec(0);
     private static readonly Codec s_zlibReader = new ZlibCodec(6);
     private static readonly Codec s_zstdReader = new ZstdCodec(3);
 }
