@@ -10,16 +10,10 @@ server_names=(cbd cbd-zstd nbdkit-file qemu-nbd)
 declare -A server_pid=() server_backing=() server_uri=() server_hwm_kib=() server_stop_seconds=()
 
 # A new cbd image of the corpus' logical size. Physical size: as large, sparse, so even
-# incompressible writes always fit. `cbd format` is used once the built cbd has it (its help
-# lists --logical-size); until then the bench tool formats with the same options.
+# incompressible writes always fit.
 format_cbd() {
   local image="$1" compression="$2"
-  local args=("$image" --size "$export_size" --logical-size "$export_size" --compression "$compression")
-  if "$cbd" format --help 2>/dev/null | grep -q -- --logical-size; then
-    "$cbd" format "${args[@]}"
-  else
-    "$bench_tool" format "${args[@]}"
-  fi
+  "$cbd" format "$image" --size "$export_size" --logical-size "$export_size" --compression "$compression"
 }
 
 start_server() {
