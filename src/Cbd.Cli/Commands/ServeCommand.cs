@@ -162,7 +162,7 @@ public static class ServeCommand
                 File.Move(partial, pidFile, overwrite: true);
                 pidWritten = true;
             }
-            PrintBanner(image, device, name, readOnly, uris);
+            PrintBanner(image, device, name, readOnly, uris, socketPath);
             await shutdown.WaitAsync().ConfigureAwait(false);
             Console.Error.WriteLine("cbd: shutting down: finishing requests in flight");
         }
@@ -248,7 +248,7 @@ public static class ServeCommand
         }
     }
 
-    private static void PrintBanner(string image, CompressedDevice device, string name, bool readOnly, List<string> uris)
+    private static void PrintBanner(string image, CompressedDevice device, string name, bool readOnly, List<string> uris, string? socketPath)
     {
         if (device.Recovered)
             Console.Error.WriteLine($"cbd: {image} was not closed cleanly: pbats and usage rebuilt from the lbats");
@@ -262,10 +262,9 @@ public static class ServeCommand
         Console.WriteLine("Attach with:");
         Console.WriteLine($"  nbdinfo '{first}'                      # size, block sizes, capabilities");
         Console.WriteLine($"  qemu-img info '{first}'                # or -drive file={first},format=raw");
-        if (first.StartsWith("nbd+unix", StringComparison.Ordinal))
+        if (socketPath is not null)
         {
-            string socket = first[(first.IndexOf("?socket=", StringComparison.Ordinal) + 8)..];
-            Console.WriteLine($"  modprobe nbd && nbd-client -unix {socket} -N {name} /dev/nbd0");
+            Console.WriteLine($"  modprobe nbd && nbd-client -unix {socketPath} -N {name} /dev/nbd0");
         }
         else
         {

@@ -112,10 +112,7 @@ public sealed partial class CompressedDevice : IBlockDevice
             await store.ZeroRangeAsync(start, (long)(1 + geometry.LbatPblks) * Layout.PblkSize, cancellationToken).ConfigureAwait(false);
         }
         await store.FlushAsync(cancellationToken).ConfigureAwait(false);
-        byte[] page = new byte[Layout.HeaderSize];
-        header.Write(page);
-        await store.WriteAsync(0, page, cancellationToken).ConfigureAwait(false);
-        await store.FlushAsync(cancellationToken).ConfigureAwait(false);
+        await header.WriteAsync(store, cancellationToken).ConfigureAwait(false);
         return header;
     }
 
@@ -982,11 +979,7 @@ public sealed partial class CompressedDevice : IBlockDevice
             LblkUsed = (ulong)Interlocked.Read(ref _lblksUsed),
             PblkUsed = (ulong)Interlocked.Read(ref _pblksUsed),
         };
-        byte[] page = new byte[Layout.HeaderSize];
-        header.Write(page);
-        // Only the first sector holds fields: one atomic sector write.
-        await _store.WriteAsync(0, page.AsMemory(0, Layout.SectorSize), cancellationToken).ConfigureAwait(false);
-        await _store.FlushAsync(cancellationToken).ConfigureAwait(false);
+        await header.WriteAsync(_store, cancellationToken).ConfigureAwait(false);
         Header = header;
     }
 

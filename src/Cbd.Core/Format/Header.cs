@@ -105,6 +105,18 @@ public sealed record Header
     }
 
     /// <summary>
+    /// Writes the header to pblk 0 of <paramref name="store"/> and makes it durable before returning.
+    /// Only the first sector holds fields, so this is one atomic sector write; the rest of pblk 0 stays zero.
+    /// </summary>
+    public async ValueTask WriteAsync(Storage.IBackingStore store, CancellationToken cancellationToken = default)
+    {
+        byte[] page = new byte[Layout.HeaderSize];
+        Write(page);
+        await store.WriteAsync(0, page.AsMemory(0, Layout.SectorSize), cancellationToken).ConfigureAwait(false);
+        await store.FlushAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>
     /// Parses a header. Returns false when <paramref name="source"/> is shorter than a sector or the magic
     /// is not cbd's (not a cbd image at all). Throws <see cref="InvalidDataException"/> naming the field for
     /// a cbd header that is corrupt or of an unsupported version. Geometry is checked by <see cref="Geometry"/>.

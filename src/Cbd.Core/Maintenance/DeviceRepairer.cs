@@ -154,7 +154,7 @@ public static class DeviceRepairer
 
         // From here the pbats and stats on the store are untrusted: the next open rebuilds them.
         if (!header.Flags.HasFlag(HeaderFlags.Dirty))
-            await StoreIo.WriteHeaderAsync(store, header with { Flags = header.Flags | HeaderFlags.Dirty }, cancellationToken).ConfigureAwait(false);
+            await (header with { Flags = header.Flags | HeaderFlags.Dirty }).WriteAsync(store, cancellationToken).ConfigureAwait(false);
         progress?.Report(0.9);
 
         foreach (uint zone in pbatZones)
@@ -168,7 +168,7 @@ public static class DeviceRepairer
             actions.Add($"rebuilt the pbats of {pbatZones.Count} zones from the lbats");
         }
 
-        await StoreIo.WriteHeaderAsync(store, final, cancellationToken).ConfigureAwait(false);
+        await final.WriteAsync(store, cancellationToken).ConfigureAwait(false);
         if (final.LblkUsed != header.LblkUsed || final.PblkUsed != header.PblkUsed)
             actions.Add($"header stats: lblk_used {header.LblkUsed} -> {final.LblkUsed}, pblk_used {header.PblkUsed} -> {final.PblkUsed}");
         if (header.Flags.HasFlag(HeaderFlags.Dirty))

@@ -103,7 +103,7 @@ public static class DeviceResizer
 
         // From here until the new header the pbats are untrusted: an interruption makes the next open rebuild them.
         if (!header.Flags.HasFlag(HeaderFlags.Dirty))
-            await StoreIo.WriteHeaderAsync(store, header with { Flags = header.Flags | HeaderFlags.Dirty }, cancellationToken).ConfigureAwait(false);
+            await (header with { Flags = header.Flags | HeaderFlags.Dirty }).WriteAsync(store, cancellationToken).ConfigureAwait(false);
 
         if (geometry.NrZones > old.NrZones)
         {
@@ -138,7 +138,7 @@ public static class DeviceResizer
             LblkUsed = (ulong)scan.LblksUsed,
             PblkUsed = (ulong)claims.Sum(c => (long)(c.DataPblks - c.Free)),
         };
-        await StoreIo.WriteHeaderAsync(store, resized, cancellationToken).ConfigureAwait(false);
+        await resized.WriteAsync(store, cancellationToken).ConfigureAwait(false);
         actions.Add($"physical size {old.NrPblks * Layout.PblkSize} -> {newLength} bytes ({old.NrZones} -> {geometry.NrZones} zones), " +
             $"logical size {old.LogicalBytes} -> {geometry.LogicalBytes} bytes");
 

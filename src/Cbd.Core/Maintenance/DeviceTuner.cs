@@ -75,7 +75,7 @@ public static class DeviceTuner
         if (tuned == header)
             return new TuneReport(header, header);
         Geometry.FromHeader(tuned, store.Length);
-        await StoreIo.WriteHeaderAsync(store, tuned, cancellationToken).ConfigureAwait(false);
+        await tuned.WriteAsync(store, cancellationToken).ConfigureAwait(false);
         return new TuneReport(header, tuned);
     }
 

@@ -17,18 +17,6 @@ internal static class StoreIo
         return (geometry.Header, geometry);
     }
 
-    /// <summary>
-    /// Writes the header's first sector, the only one holding fields, so the write is atomic, and makes
-    /// it durable before returning: every caller orders later writes after it.
-    /// </summary>
-    public static async ValueTask WriteHeaderAsync(IBackingStore store, Header header, CancellationToken cancellationToken)
-    {
-        byte[] page = new byte[Layout.HeaderSize];
-        header.Write(page);
-        await store.WriteAsync(0, page.AsMemory(0, Layout.SectorSize), cancellationToken).ConfigureAwait(false);
-        await store.FlushAsync(cancellationToken).ConfigureAwait(false);
-    }
-
     public static ValueTask ReadPblksAsync(IBackingStore store, ReadOnlyMemory<ulong> pblks, Memory<byte> destination, CancellationToken cancellationToken) =>
         store.ReadPblksAsync(pblks, destination, zerosPastEnd: true, cancellationToken);
 
