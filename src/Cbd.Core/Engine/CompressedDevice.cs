@@ -34,8 +34,11 @@ public sealed partial class CompressedDevice : IBlockDevice
     private long _useClock;
     private long _dirtySince;
 
-    // Write-back: one checkpoint at a time; numbers let a flush skip work another checkpoint covered.
+    // Write-back: one checkpoint writes back at a time, while the commit of the one before may still run;
+    // numbers let a flush skip work another checkpoint covered.
     private readonly SemaphoreSlim _checkpointLock = new(1, 1);
+    /// <summary>The commit of the last checkpoint; each commit waits for the one before it.</summary>
+    private Task _commit = Task.CompletedTask;
     private long _checkpointsStarted;
     private long _checkpointsCompleted;
     private readonly SemaphoreSlim _kick = new(0, 1);
@@ -579,9 +582,12 @@ public sealed partial class CompressedDevice : IBlockDevice
     /// <summary>
     /// Writes back every dirty lblk and makes it durable. Skipped when a checkpoint numbered above
     /// <paramref name="coveredAfter"/> (so started after the caller's writes) has completed meanwhile.
+    /// With <paramref name="waitForCommit"/> false it returns once the lblks are written and published, and
+    /// their commit (lbat pblks, fsync, freeing) goes on behind, overlapping the next checkpoint's compression.
     /// </summary>
-    private async ValueTask CheckpointAsync(long coveredAfter, CancellationToken cancellationToken)
+    private async ValueTask CheckpointAsync(long coveredAfter, CancellationToken cancellationToken, bool waitForCommit = true)
     {
+        Task commit;
         await _checkpointLock.WaitAsync(cancellationToken).ConfigureAwait(false);
         try
         {
@@ -590,38 +596,42 @@ public sealed partial class CompressedDevice : IBlockDevice
             if (Interlocked.Read(ref _checkpointsCompleted) > coveredAfter)
                 return;
             long number = Interlocked.Increment(ref _checkpointsStarted);
+            List<ulong> freed;
             try
             {
-                await RunCheckpointAsync().ConfigureAwait(false);
+                freed = await WriteBackDirtyAsync().ConfigureAwait(false);
             }
             catch (Exception e)
             {
                 // The image on disk is still consistent (nothing live was overwritten), but what is in
                 // memory may not be: stop taking writes rather than risk them.
-                _failed = e;
+                _failed ??= e;
                 throw;
             }
-            Interlocked.Exchange(ref _checkpointsCompleted, number);
+            commit = CommitAsync(_commit, freed, number);
+            _commit = commit;
         }
         finally
         {
             _checkpointLock.Release();
         }
+        if (waitForCommit)
+            await commit.ConfigureAwait(false);
     }
 
     private sealed record WrittenBack(CachedLblk Entry, long Version, LblkAlloc Alloc);
 
     /// <summary>
-    /// The write-back order that keeps the image consistent at every instant:
-    /// 1. compress dirty lblks and write them to free pblks; 2. fsync, so the data is durable before
-    /// any entry points at it; 3. publish the new lblk_alloc entries and write the lbat pblks;
-    /// 4. fsync; 5. only now free the replaced pblks, since until step 4 a power cut would bring the old
-    /// entries back, and they must still find their data.
+    /// The first half of a checkpoint, in the write-back order that keeps the image consistent at every
+    /// instant: 1. compress dirty lblks and write them to free pblks; 2. fsync, so the data is durable
+    /// before any entry points at it; 3. publish the new lblk_alloc entries in memory. The second half is
+    /// <see cref="CommitAsync"/>. Returns the pblks the new entries replaced.
     /// </summary>
-    private async Task RunCheckpointAsync()
+    private async Task<List<ulong>> WriteBackDirtyAsync()
     {
         // Write-back runs to completion once started: cancelling half-way would strand reservations.
         var ct = CancellationToken.None;
+        var freed = new List<ulong>();
         List<CachedLblk> batch;
         lock (_cacheLock)
         {
@@ -631,15 +641,14 @@ public sealed partial class CompressedDevice : IBlockDevice
         }
         try
         {
-            if (batch.Count == 0 && !_lbat.HasDirty)
-                return;
+            if (batch.Count == 0)
+                return freed;
             var results = new WrittenBack?[batch.Count];
             await Parallel.ForAsync(0, batch.Count, new ParallelOptions { MaxDegreeOfParallelism = _parallelism },
                 async (i, token) => results[i] = await WriteBackAsync(batch[i], token).ConfigureAwait(false)).ConfigureAwait(false);
 
             await _store.FlushAsync(ct).ConfigureAwait(false);
 
-            var freed = new List<ulong>();
             foreach (var result in results)
             {
                 if (result is null)
@@ -671,16 +680,12 @@ public sealed partial class CompressedDevice : IBlockDevice
                     entry.Lock.Release();
                 }
             }
-            // Writers held back by a full cache may go on now: the entries written back are clean.
-            SignalCheckpointProgress();
-            await _lbat.WriteDirtyAsync(ct).ConfigureAwait(false);
-            await _store.FlushAsync(ct).ConfigureAwait(false);
-            await _alloc.FreeAsync(freed, ct).ConfigureAwait(false);
             lock (_cacheLock)
             {
                 if (_dirty.Count > 0)
                     _dirtySince = Stopwatch.GetTimestamp();
             }
+            return freed;
         }
         finally
         {
@@ -690,6 +695,48 @@ public sealed partial class CompressedDevice : IBlockDevice
                     entry.Pins--;
             }
             EvictIfNeeded();
+            // Writers held back by a full cache may go on now: the entries written back are clean.
+            SignalCheckpointProgress();
+        }
+    }
+
+    /// <summary>
+    /// The second half of checkpoint <paramref name="number"/>, after the one before it
+    /// (<paramref name="previous"/>): 4. write the changed lbat pblks; 5. fsync; 6. only now free the
+    /// replaced pblks, since until step 5 a power cut would bring the old entries back, and they must
+    /// still find their data. Entries a later checkpoint publishes meanwhile may go out with these lbat
+    /// pblks: their data was made durable before they were published.
+    /// </summary>
+    private async Task CommitAsync(Task previous, List<ulong> freed, long number)
+    {
+        var ct = CancellationToken.None;
+        try
+        {
+            await previous.ConfigureAwait(false);
+        }
+        catch
+        {
+            // Its failure is in _failed, checked next.
+        }
+        try
+        {
+            if (_failed is { } failed)
+                ThrowHelper.Failed(failed);
+            if (freed.Count > 0 || _lbat.HasDirty)
+            {
+                await _lbat.WriteDirtyAsync(ct).ConfigureAwait(false);
+                await _store.FlushAsync(ct).ConfigureAwait(false);
+                await _alloc.FreeAsync(freed, ct).ConfigureAwait(false);
+            }
+            Interlocked.Exchange(ref _checkpointsCompleted, number);
+        }
+        catch (Exception e)
+        {
+            _failed ??= e;
+            throw;
+        }
+        finally
+        {
             SignalCheckpointProgress();
         }
     }
@@ -804,7 +851,8 @@ public sealed partial class CompressedDevice : IBlockDevice
                 continue;
             try
             {
-                await CheckpointAsync(Interlocked.Read(ref _checkpointsStarted), token).ConfigureAwait(false);
+                // The commit goes on behind: the next checkpoint may compress meanwhile.
+                await CheckpointAsync(Interlocked.Read(ref _checkpointsStarted), token, waitForCommit: false).ConfigureAwait(false);
                 lock (_cacheLock)
                     again = _dirty.Count >= _dirtyHigh;
             }
@@ -1001,6 +1049,7 @@ public sealed partial class CompressedDevice : IBlockDevice
                 if (_failed is null)
                 {
                     await CheckpointAsync(Interlocked.Read(ref _checkpointsStarted), CancellationToken.None).ConfigureAwait(false);
+                    await _commit.ConfigureAwait(false);
                     await _alloc.WriteDirtyAsync(CancellationToken.None).ConfigureAwait(false);
                     await _store.FlushAsync().ConfigureAwait(false);
                     await WriteHeaderAsync(dirty: false, CancellationToken.None).ConfigureAwait(false);

@@ -26,8 +26,9 @@ internal readonly struct LblkAlloc
 }
 
 /// <summary>
-/// Cached lbat pblks. A page is loaded once (under its own lock) and changed only by write-back, which
-/// is serialized; a page with unwritten changes is never evicted.
+/// Cached lbat pblks. A page is loaded once (under its own lock) and changed only by write-back, one
+/// checkpoint at a time, while the previous checkpoint's commit may be writing pages out; a page with
+/// unwritten changes is never evicted.
 /// </summary>
 internal sealed class LbatCache(Geometry geometry, IBackingStore store, int maxCleanPages)
 {
@@ -38,6 +39,8 @@ internal sealed class LbatCache(Geometry geometry, IBackingStore store, int maxC
         public readonly SemaphoreSlim LoadLock = new(1, 1);
         public volatile bool Loaded;
         public bool Dirty;
+        /// <summary>Dropped from the cache: a change must go to the page that replaces it.</summary>
+        public bool Removed;
         public long LastUse;
     }
 
@@ -92,11 +95,18 @@ internal sealed class LbatCache(Geometry geometry, IBackingStore store, int maxC
     /// <summary>Replaces lblk's entry in memory; the page is written by <see cref="WriteDirtyAsync"/>.</summary>
     public async ValueTask WriteAsync(ulong lblk, LblkAlloc entry, CancellationToken cancellationToken)
     {
-        var (page, offset) = await GetPageAsync(lblk, cancellationToken).ConfigureAwait(false);
-        lock (page)
+        while (true)
         {
-            geometry.Alloc.Write(page.Data.AsSpan(offset), entry.Pblks, entry.Length, entry.Crc);
-            page.Dirty = true;
+            var (page, offset) = await GetPageAsync(lblk, cancellationToken).ConfigureAwait(false);
+            lock (page)
+            {
+                // A commit trimming clean pages may have dropped this one since it was looked up.
+                if (page.Removed)
+                    continue;
+                geometry.Alloc.Write(page.Data.AsSpan(offset), entry.Pblks, entry.Length, entry.Crc);
+                page.Dirty = true;
+                return;
+            }
         }
     }
 
@@ -146,7 +156,10 @@ internal sealed class LbatCache(Geometry geometry, IBackingStore store, int maxC
             lock (page)
             {
                 if (!page.Dirty)
+                {
+                    page.Removed = true;
                     _pages.TryRemove(page.Pblk, out _);
+                }
             }
         }
     }
