@@ -37,7 +37,7 @@ internal sealed partial class NbdConnection
 
     private volatile bool _broken;
 
-    public NbdConnection(Socket socket, NbdExport export, NbdServerOptions options)
+    public NbdConnection(Socket socket, NbdExport export, NbdServerOptions options, PayloadBudget payloadBudget)
     {
         _socket = socket;
         _export = export;
@@ -46,7 +46,7 @@ internal sealed partial class NbdConnection
         // Reads go through a buffer so that small requests cost one receive call for many; replies are
         // sent straight on the socket. A socket may be read by one thread and written by another at once.
         _input = new BufferedStream(new NetworkStream(socket, ownsSocket: false), ReceiveBufferSize);
-        _limiter = new InFlightLimiter(options.MaxInFlightRequests, options.MaxInFlightBytes);
+        _limiter = new InFlightLimiter(options.MaxInFlightRequests, options.MaxInFlightBytes, payloadBudget);
     }
 
     /// <summary>Serves the connection until the client leaves, breaks the protocol, or the server stops.</summary>

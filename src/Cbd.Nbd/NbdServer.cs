@@ -16,6 +16,7 @@ public sealed class NbdServer : IAsyncDisposable
 {
     private readonly NbdExport _export;
     private readonly NbdServerOptions _options;
+    private readonly PayloadBudget _payloadBudget;
     private readonly Lock _lock = new();
     private readonly List<Listener> _listeners = [];
     private readonly Dictionary<NbdConnection, Task> _connections = [];
@@ -33,10 +34,11 @@ public sealed class NbdServer : IAsyncDisposable
     {
         _export = new NbdExport(device, exportName, readOnly, description);
         _options = options ?? new NbdServerOptions();
-        if (_options.MaxInFlightRequests < 1 || _options.MaxInFlightBytes < 1)
+        if (_options.MaxInFlightRequests < 1 || _options.MaxInFlightBytes < 1 || _options.MaxServerInFlightBytes < 1)
         {
             ThrowHelper.ThrowArgument(nameof(options), "In-flight limits must be positive.");
         }
+        _payloadBudget = new PayloadBudget(_options.MaxServerInFlightBytes);
     }
 
     public string ExportName => _export.Name;
@@ -188,7 +190,7 @@ public sealed class NbdServer : IAsyncDisposable
                 // The spec asks both ends to disable Nagle: replies are small and latency-bound.
                 client.NoDelay = true;
             }
-            var connection = new NbdConnection(client, _export, _options);
+            var connection = new NbdConnection(client, _export, _options, _payloadBudget);
             var started = new TaskCompletionSource();
             Task run;
             lock (_lock)

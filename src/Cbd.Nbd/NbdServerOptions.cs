@@ -17,6 +17,12 @@ public sealed record NbdServerOptions
     public long MaxInFlightBytes { get; init; } = 8L << 20;
 
     /// <summary>
+    /// Payload bytes of all connections together held in memory at once, so that the server's memory does
+    /// not grow with the number of clients. A connection with nothing in flight may still take one request.
+    /// </summary>
+    public long MaxServerInFlightBytes { get; init; } = 16L << 20;
+
+    /// <summary>
     /// How long <see cref="NbdServer.StopAsync"/> lets in-flight requests finish before it cancels the
     /// device calls still running and closes the connections.
     /// </summary>

@@ -474,6 +474,74 @@ public sealed class TransmissionTests
         }
     }
 
+    [Fact]
+    public async Task InFlightBytes_AreCappedAcrossConnections_ButEachConnectionMayTakeOneRequest()
+    {
+        int running = 0, peak = 0;
+        var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var device = new MemoryBlockDevice(DeviceSize, BlockSize)
+        {
+            BeforeOperation = async (op, _, _) =>
+            {
+                if (op != "write")
+                {
+                    return;
+                }
+                InterlockedMax(ref peak, Interlocked.Increment(ref running));
+                await gate.Task;
+                Interlocked.Decrement(ref running);
+            },
+        };
+        // Each connection alone could hold 8 writes; the server as a whole holds 4 blocks' worth.
+        ServerHarness harness = await ServerHarness.StartAsync(device, options: new NbdServerOptions
+        {
+            MaxInFlightBytes = 8 * BlockSize,
+            MaxServerInFlightBytes = 4 * BlockSize,
+        });
+        await using var _ = harness;
+        var clients = new List<RawNbdClient>();
+        try
+        {
+            for (int c = 0; c < 3; c++)
+            {
+                RawNbdClient client = await harness.ConnectAsync();
+                clients.Add(client);
+                await client.HandshakeAsync(structured: false);
+            }
+            // The first client fills the server's budget; the other two still get one request each.
+            for (ulong h = 0; h < 6; h++)
+            {
+                await clients[0].SendRequestAsync(CmdWrite, h, h * BlockSize, BlockSize, 0, new byte[BlockSize]);
+            }
+            await WaitForPeakAsync(() => Volatile.Read(ref peak), 4);
+            for (int c = 1; c < 3; c++)
+            {
+                for (ulong h = 0; h < 3; h++)
+                {
+                    await clients[c].SendRequestAsync(CmdWrite, h, (ulong)(8 + 4 * c) * BlockSize + h * BlockSize, BlockSize, 0, new byte[BlockSize]);
+                }
+            }
+            await WaitForPeakAsync(() => Volatile.Read(ref peak), 6);
+            Assert.Equal(6, Volatile.Read(ref peak));
+
+            gate.SetResult();
+            for (int c = 0; c < 3; c++)
+            {
+                for (int i = 0; i < (c == 0 ? 6 : 3); i++)
+                {
+                    Assert.Equal(0u, (await clients[c].ReadReplyAsync()).Error);
+                }
+            }
+        }
+        finally
+        {
+            foreach (RawNbdClient client in clients)
+            {
+                await client.DisposeAsync();
+            }
+        }
+    }
+
     /// <summary>Waits for <paramref name="peak"/> to reach <paramref name="expected"/>, then a little longer so that an overshoot would show.</summary>
     private static async Task WaitForPeakAsync(Func<int> peak, int expected)
     {
