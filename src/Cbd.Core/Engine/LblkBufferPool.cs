@@ -10,15 +10,27 @@ namespace Cbd.Core.Engine;
 internal sealed class LblkBufferPool(int lblkSize, int maxRetained)
 {
     private readonly ConcurrentStack<byte[]> _free = new();
+    // ConcurrentStack.Count walks the whole stack: the pool keeps its own count.
+    private int _retained;
 
     public int LblkSize => lblkSize;
 
-    public byte[] Rent() => _free.TryPop(out var buffer) ? buffer : GC.AllocateUninitializedArray<byte>(lblkSize, pinned: true);
+    public byte[] Rent()
+    {
+        if (_free.TryPop(out var buffer))
+        {
+            Interlocked.Decrement(ref _retained);
+            return buffer;
+        }
+        return GC.AllocateUninitializedArray<byte>(lblkSize, pinned: true);
+    }
 
     public void Return(byte[] buffer)
     {
         Invariant.Check(buffer.Length == lblkSize, "a buffer of another size returned to the lblk pool");
-        if (_free.Count < maxRetained)
+        if (Interlocked.Increment(ref _retained) <= maxRetained)
             _free.Push(buffer);
+        else
+            Interlocked.Decrement(ref _retained);
     }
 }
