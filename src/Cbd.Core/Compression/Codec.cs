@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using System.Collections.Concurrent;
 using System.IO.Compression;
 using System.IO.Hashing;
 using Cbd.Core.Format;
@@ -93,22 +94,30 @@ internal sealed class Lz4Codec(int level) : Codec
 
 internal sealed class ZstdCodec(int level) : Codec
 {
-    // ZstdSharp contexts are not thread-safe; one per thread per level.
-    [ThreadStatic] private static Compressor?[]? s_compressors;
-    [ThreadStatic] private static Decompressor? s_decompressor;
+    // ZstdSharp contexts are not thread-safe and hold hundreds of KiB each. They are pooled and shared by
+    // all threads rather than kept one per thread: a busy server runs dozens of pool threads, and per-thread
+    // contexts cost it about 15 MiB more at peak than with LZ4.
+    private static readonly ContextPool<Decompressor> s_decompressors = new(() => new Decompressor());
+    private readonly ContextPool<Compressor> _compressors = new(() => new Compressor(level));
 
     public override CompressionAlgorithm Algorithm => CompressionAlgorithm.Zstd;
 
     public override int Compress(ReadOnlySpan<byte> source, Span<byte> destination)
     {
-        var compressors = s_compressors ??= new Compressor?[23];
-        var compressor = compressors[level] ??= new Compressor(level);
-        return compressor.TryWrap(source, destination, out int written) ? written : -1;
+        var compressor = _compressors.Rent();
+        try
+        {
+            return compressor.TryWrap(source, destination, out int written) ? written : -1;
+        }
+        finally
+        {
+            _compressors.Return(compressor);
+        }
     }
 
     public override bool TryDecompress(ReadOnlySpan<byte> source, Span<byte> destination)
     {
-        var decompressor = s_decompressor ??= new Decompressor();
+        var decompressor = s_decompressors.Rent();
         try
         {
             return decompressor.TryUnwrap(source, destination, out int written) && written == destination.Length;
@@ -116,6 +125,39 @@ internal sealed class ZstdCodec(int level) : Codec
         catch (ZstdException)
         {
             return false;
+        }
+        finally
+        {
+            s_decompressors.Return(decompressor);
+        }
+    }
+
+    /// <summary>Up to two contexts per core kept for reuse; more are made when needed and disposed after.</summary>
+    private sealed class ContextPool<T>(Func<T> create) where T : class, IDisposable
+    {
+        private readonly ConcurrentStack<T> _free = new();
+        private readonly int _max = 2 * Environment.ProcessorCount;
+        private int _retained;
+
+        public T Rent()
+        {
+            if (_free.TryPop(out var context))
+            {
+                Interlocked.Decrement(ref _retained);
+                return context;
+            }
+            return create();
+        }
+
+        public void Return(T context)
+        {
+            if (Interlocked.Increment(ref _retained) <= _max)
+            {
+                _free.Push(context);
+                return;
+            }
+            Interlocked.Decrement(ref _retained);
+            context.Dispose();
         }
     }
 }

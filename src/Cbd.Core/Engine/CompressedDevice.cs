@@ -1058,6 +1058,15 @@ public sealed partial class CompressedDevice : IBlockDevice
         }
         finally
         {
+            try
+            {
+                // A commit left running by write-back must not outlive the store it writes to.
+                await _commit.ConfigureAwait(false);
+            }
+            catch
+            {
+                // Its failure is in _failed and kept the image marked dirty.
+            }
             lock (_cacheLock)
             {
                 foreach (var entry in _cache.Values)
