@@ -25,6 +25,9 @@ internal sealed class CachedLblk(ulong lblk)
     /// <summary>Bumped by every change, so write-back knows whether what it wrote is still the newest.</summary>
     public long Version;
 
+    /// <summary>The version a checkpoint is writing back (0: none), so that a later checkpoint does not write it again.</summary>
+    public long WriteBackVersion;
+
     /// <summary>pblks reserved for this lblk's write-back: one lblk's worth, or what its contents were measured to need on a nearly full device.</summary>
     public int ReservedPblks;
 

@@ -34,11 +34,14 @@ public sealed partial class CompressedDevice : IBlockDevice
     private long _useClock;
     private long _dirtySince;
 
-    // Write-back: one checkpoint writes back at a time, while the commit of the one before may still run;
-    // numbers let a flush skip work another checkpoint covered.
+    // Write-back: one checkpoint compresses at a time, while the ones before may still be publishing and
+    // committing; numbers let a flush skip work another checkpoint covered.
     private readonly SemaphoreSlim _checkpointLock = new(1, 1);
     /// <summary>The commit of the last checkpoint; each commit waits for the one before it.</summary>
     private Task _commit = Task.CompletedTask;
+    /// <summary>The publication of the last checkpoint; each waits for the one before it.</summary>
+    private Task<List<ulong>> _publish = Task.FromResult(new List<ulong>());
+    private Task _olderPublish = Task.CompletedTask;
     private long _checkpointsStarted;
     private long _checkpointsCompleted;
     private readonly SemaphoreSlim _kick = new(0, 1);
@@ -582,8 +585,10 @@ public sealed partial class CompressedDevice : IBlockDevice
     /// <summary>
     /// Writes back every dirty lblk and makes it durable. Skipped when a checkpoint numbered above
     /// <paramref name="coveredAfter"/> (so started after the caller's writes) has completed meanwhile.
-    /// With <paramref name="waitForCommit"/> false it returns once the lblks are written and published, and
-    /// their commit (lbat pblks, fsync, freeing) goes on behind, overlapping the next checkpoint's compression.
+    /// With <paramref name="waitForCommit"/> false it returns once the lblks are compressed and written,
+    /// and the rest goes on behind while the next checkpoint compresses: its fsync and publication
+    /// (<see cref="PublishAsync"/>), then its commit (<see cref="CommitAsync"/>). Each stage of a checkpoint
+    /// waits for the same stage of the one before, so entries are published and committed in order.
     /// </summary>
     private async ValueTask CheckpointAsync(long coveredAfter, CancellationToken cancellationToken, bool waitForCommit = true)
     {
@@ -595,20 +600,22 @@ public sealed partial class CompressedDevice : IBlockDevice
                 ThrowHelper.Failed(failed);
             if (Interlocked.Read(ref _checkpointsCompleted) > coveredAfter)
                 return;
-            long number = Interlocked.Increment(ref _checkpointsStarted);
-            List<ulong> freed;
+            // One publication at most goes on behind this checkpoint's compression: a deeper pipeline would
+            // only find the lblks still being written back by the checkpoints before.
             try
             {
-                freed = await WriteBackDirtyAsync().ConfigureAwait(false);
+                await _olderPublish.ConfigureAwait(false);
             }
-            catch (Exception e)
+            catch
             {
-                // The image on disk is still consistent (nothing live was overwritten), but what is in
-                // memory may not be: stop taking writes rather than risk them.
-                _failed ??= e;
-                throw;
+                // Its failure is in _failed, which the stages below check.
             }
-            commit = CommitAsync(_commit, freed, number);
+            long number = Interlocked.Increment(ref _checkpointsStarted);
+            var (batch, results) = await WriteBackDirtyAsync().ConfigureAwait(false);
+            var publish = PublishAsync(_publish, batch, results);
+            _olderPublish = _publish;
+            _publish = publish;
+            commit = CommitAsync(_commit, publish, number);
             _commit = commit;
         }
         finally
@@ -622,16 +629,12 @@ public sealed partial class CompressedDevice : IBlockDevice
     private sealed record WrittenBack(CachedLblk Entry, long Version, LblkAlloc Alloc);
 
     /// <summary>
-    /// The first half of a checkpoint, in the write-back order that keeps the image consistent at every
-    /// instant: 1. compress dirty lblks and write them to free pblks; 2. fsync, so the data is durable
-    /// before any entry points at it; 3. publish the new lblk_alloc entries in memory. The second half is
-    /// <see cref="CommitAsync"/>. Returns the pblks the new entries replaced.
+    /// Step 1 of the write-back order that keeps the image consistent at every instant: compress the dirty
+    /// lblks and write them to free pblks. The batch stays pinned until <see cref="PublishAsync"/>. An lblk
+    /// an earlier checkpoint is still writing back, unchanged since, is left to it.
     /// </summary>
-    private async Task<List<ulong>> WriteBackDirtyAsync()
+    private async Task<(List<CachedLblk> Batch, WrittenBack?[] Results)> WriteBackDirtyAsync()
     {
-        // Write-back runs to completion once started: cancelling half-way would strand reservations.
-        var ct = CancellationToken.None;
-        var freed = new List<ulong>();
         List<CachedLblk> batch;
         lock (_cacheLock)
         {
@@ -639,14 +642,47 @@ public sealed partial class CompressedDevice : IBlockDevice
             foreach (var entry in batch)
                 entry.Pins++;
         }
+        var results = new WrittenBack?[batch.Count];
         try
         {
-            if (batch.Count == 0)
-                return freed;
-            var results = new WrittenBack?[batch.Count];
+            // Write-back runs to completion once started: cancelling half-way would strand reservations.
             await Parallel.ForAsync(0, batch.Count, new ParallelOptions { MaxDegreeOfParallelism = _parallelism },
                 async (i, token) => results[i] = await WriteBackAsync(batch[i], token).ConfigureAwait(false)).ConfigureAwait(false);
+        }
+        catch (Exception e)
+        {
+            // The image on disk is still consistent (nothing live was overwritten), but what is in
+            // memory may not be: stop taking writes rather than risk them.
+            _failed ??= e;
+            Unpin(batch);
+            throw;
+        }
+        return (batch, results);
+    }
 
+    /// <summary>
+    /// Steps 2 and 3, after the previous checkpoint's: fsync, so the data is durable before any entry points
+    /// at it; then publish the new lblk_alloc entries in memory and mark the lblks clean. Returns the pblks
+    /// the new entries replaced.
+    /// </summary>
+    private async Task<List<ulong>> PublishAsync(Task previous, List<CachedLblk> batch, WrittenBack?[] results)
+    {
+        var ct = CancellationToken.None;
+        var freed = new List<ulong>();
+        try
+        {
+            await previous.ConfigureAwait(false);
+        }
+        catch
+        {
+            // Its failure is in _failed, checked next.
+        }
+        try
+        {
+            if (_failed is { } failed)
+                ThrowHelper.Failed(failed);
+            if (batch.Count == 0)
+                return freed;
             await _store.FlushAsync(ct).ConfigureAwait(false);
 
             foreach (var result in results)
@@ -687,29 +723,40 @@ public sealed partial class CompressedDevice : IBlockDevice
             }
             return freed;
         }
+        catch (Exception e)
+        {
+            _failed ??= e;
+            throw;
+        }
         finally
         {
-            lock (_cacheLock)
-            {
-                foreach (var entry in batch)
-                    entry.Pins--;
-            }
+            Unpin(batch);
             EvictIfNeeded();
             // Writers held back by a full cache may go on now: the entries written back are clean.
             SignalCheckpointProgress();
         }
     }
 
+    private void Unpin(List<CachedLblk> batch)
+    {
+        lock (_cacheLock)
+        {
+            foreach (var entry in batch)
+                entry.Pins--;
+        }
+    }
+
     /// <summary>
-    /// The second half of checkpoint <paramref name="number"/>, after the one before it
-    /// (<paramref name="previous"/>): 4. write the changed lbat pblks; 5. fsync; 6. only now free the
-    /// replaced pblks, since until step 5 a power cut would bring the old entries back, and they must
-    /// still find their data. Entries a later checkpoint publishes meanwhile may go out with these lbat
-    /// pblks: their data was made durable before they were published.
+    /// The last steps of checkpoint <paramref name="number"/>, after the one before it
+    /// (<paramref name="previous"/>) and its own publication: 4. write the changed lbat pblks; 5. fsync;
+    /// 6. only now free the replaced pblks, since until step 5 a power cut would bring the old entries
+    /// back, and they must still find their data. Entries a later checkpoint publishes meanwhile may go
+    /// out with these lbat pblks: their data was made durable before they were published.
     /// </summary>
-    private async Task CommitAsync(Task previous, List<ulong> freed, long number)
+    private async Task CommitAsync(Task previous, Task<List<ulong>> publish, long number)
     {
         var ct = CancellationToken.None;
+        List<ulong>? freed = null;
         try
         {
             await previous.ConfigureAwait(false);
@@ -720,9 +767,17 @@ public sealed partial class CompressedDevice : IBlockDevice
         }
         try
         {
+            freed = await publish.ConfigureAwait(false);
+        }
+        catch
+        {
+            // As above.
+        }
+        try
+        {
             if (_failed is { } failed)
                 ThrowHelper.Failed(failed);
-            if (freed.Count > 0 || _lbat.HasDirty)
+            if (freed!.Count > 0 || _lbat.HasDirty)
             {
                 await _lbat.WriteDirtyAsync(ct).ConfigureAwait(false);
                 await _store.FlushAsync(ct).ConfigureAwait(false);
@@ -754,9 +809,10 @@ public sealed partial class CompressedDevice : IBlockDevice
         await entry.Lock.WaitAsync(cancellationToken).ConfigureAwait(false);
         try
         {
-            if (!entry.Dirty)
-                return null;
+            if (!entry.Dirty || entry.WriteBackVersion == entry.Version)
+                return null; // clean, or an earlier checkpoint is writing this very version back
             version = entry.Version;
+            entry.WriteBackVersion = version;
             // The reservation moves to this write-back; a write that lands meanwhile reserves anew.
             reserved = entry.ReservedPblks;
             entry.ReservedPblks = 0;
@@ -851,7 +907,7 @@ public sealed partial class CompressedDevice : IBlockDevice
                 continue;
             try
             {
-                // The commit goes on behind: the next checkpoint may compress meanwhile.
+                // Publication and commit go on behind: the next checkpoint may compress meanwhile.
                 await CheckpointAsync(Interlocked.Read(ref _checkpointsStarted), token, waitForCommit: false).ConfigureAwait(false);
                 lock (_cacheLock)
                     again = _dirty.Count >= _dirtyHigh;

@@ -31,6 +31,87 @@ public class WriteBackAndAllocationTests
     }
 
     [Fact]
+    public async Task Checkpoints_overlap_slow_fsyncs_and_lose_nothing()
+    {
+        const int Lblks = 48, Writers = 4, WritesEach = 80;
+        var store = await DeviceTestKit.FormatAsync(64 << 20);
+        var slow = new SlowFlushStore(store, TimeSpan.FromMilliseconds(10));
+        var expected = new byte[Lblks][];
+        for (int i = 0; i < Lblks; i++)
+            expected[i] = new byte[LblkSize];
+        // A small cache keeps write-back busy; each writer owns the lblks congruent to its number, so the
+        // contents each lblk must end with are known whatever the interleaving.
+        await using (var device = await DeviceTestKit.OpenAsync(slow, new DeviceOptions { CacheBytes = 16 * LblkSize, FlushDelay = TimeSpan.FromHours(1), WriteBackParallelism = 2 }))
+        {
+            await Task.WhenAll(Enumerable.Range(0, Writers).Select(w => Task.Run(async () =>
+            {
+                var random = new Random(w);
+                for (int n = 0; n < WritesEach; n++)
+                {
+                    int lblk = random.Next(Lblks / Writers) * Writers + w;
+                    int within = random.Next(2) == 0 ? 0 : random.Next(LblkSize);
+                    int length = within == 0 ? LblkSize : random.Next(1, LblkSize - within + 1);
+                    var data = DeviceTestKit.Compressible(length, w * 100_000 + n);
+                    await device.WriteAsync((long)lblk * LblkSize + within, data);
+                    data.CopyTo(expected[lblk].AsSpan(within));
+                }
+            })));
+            await device.FlushAsync();
+            var back = new byte[LblkSize];
+            for (int lblk = 0; lblk < Lblks; lblk++)
+            {
+                await device.ReadAsync((long)lblk * LblkSize, back);
+                Assert.True(back.AsSpan().SequenceEqual(expected[lblk]), $"lblk {lblk} differs before the reopen");
+            }
+        }
+        // The next checkpoint compressed and wrote while an earlier one waited for its fsync.
+        Assert.True(slow.WroteDuringFlush, "no write-back overlapped an fsync");
+        await using var reopened = await DeviceTestKit.OpenAsync(store);
+        Assert.False(reopened.Recovered);
+        var again = new byte[LblkSize];
+        for (int lblk = 0; lblk < Lblks; lblk++)
+        {
+            await reopened.ReadAsync((long)lblk * LblkSize, again);
+            Assert.True(again.AsSpan().SequenceEqual(expected[lblk]), $"lblk {lblk} differs after the reopen");
+        }
+    }
+
+    /// <summary>A store whose fsync takes a while, like a disk's, and which notes writes made meanwhile.</summary>
+    private sealed class SlowFlushStore(IBackingStore inner, TimeSpan flushTime) : IBackingStore
+    {
+        private int _flushing;
+        public bool WroteDuringFlush { get; private set; }
+        public long Length => inner.Length;
+        public bool CanWrite => inner.CanWrite;
+        public ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken = default) => inner.ReadAsync(offset, buffer, cancellationToken);
+
+        public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, CancellationToken cancellationToken = default)
+        {
+            if (Volatile.Read(ref _flushing) > 0)
+                WroteDuringFlush = true;
+            return inner.WriteAsync(offset, data, cancellationToken);
+        }
+
+        public async ValueTask FlushAsync(CancellationToken cancellationToken = default)
+        {
+            Interlocked.Increment(ref _flushing);
+            try
+            {
+                await Task.Delay(flushTime, cancellationToken);
+                await inner.FlushAsync(cancellationToken);
+            }
+            finally
+            {
+                Interlocked.Decrement(ref _flushing);
+            }
+        }
+
+        public ValueTask ZeroRangeAsync(long offset, long length, CancellationToken cancellationToken = default) => inner.ZeroRangeAsync(offset, length, cancellationToken);
+        public ValueTask SetLengthAsync(long length, CancellationToken cancellationToken = default) => inner.SetLengthAsync(length, cancellationToken);
+        public ValueTask DisposeAsync() => ValueTask.CompletedTask;
+    }
+
+    [Fact]
     public async Task An_lblk_takes_pblks_from_its_home_zone_while_it_has_room_then_from_others()
     {
         var store = new MemoryBackingStore(3L * 129 << 20);
