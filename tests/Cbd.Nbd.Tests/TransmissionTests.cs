@@ -396,23 +396,8 @@ public sealed class TransmissionTests
     [Fact]
     public async Task InFlightRequests_AreCappedPerConnection()
     {
-        int running = 0, peak = 0;
-        var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        var device = new MemoryBlockDevice(DeviceSize, BlockSize)
-        {
-            BeforeOperation = async (op, _, _) =>
-            {
-                if (op != "write")
-                {
-                    return;
-                }
-                int now = Interlocked.Increment(ref running);
-                InterlockedMax(ref peak, now);
-                await gate.Task;
-                Interlocked.Decrement(ref running);
-            },
-        };
-        ServerHarness harness = await ServerHarness.StartAsync(device, options: new NbdServerOptions { MaxInFlightRequests = 3 });
+        var gate = new WriteGate();
+        ServerHarness harness = await ServerHarness.StartAsync(gate.CreateDevice(), options: new NbdServerOptions { MaxInFlightRequests = 3 });
         await using var _ = harness;
         await using RawNbdClient client = await harness.ConnectAsync();
         await client.HandshakeAsync(structured: false);
@@ -420,14 +405,14 @@ public sealed class TransmissionTests
         {
             await client.SendRequestAsync(CmdWrite, h, h * 512, 512, 0, new byte[512]);
         }
-        await WaitForPeakAsync(() => Volatile.Read(ref peak), 3);
-        Assert.Equal(3, Volatile.Read(ref peak));
-        gate.SetResult();
+        await WaitForPeakAsync(() => gate.Peak, 3);
+        Assert.Equal(3, gate.Peak);
+        gate.Open();
         for (int i = 0; i < 12; i++)
         {
             Assert.Equal(0u, (await client.ReadReplyAsync()).Error);
         }
-        Assert.Equal(3, peak);
+        Assert.Equal(3, gate.Peak);
     }
 
     [Fact]
@@ -477,23 +462,9 @@ public sealed class TransmissionTests
     [Fact]
     public async Task InFlightBytes_AreCappedAcrossConnections_ButEachConnectionMayTakeOneRequest()
     {
-        int running = 0, peak = 0;
-        var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        var device = new MemoryBlockDevice(DeviceSize, BlockSize)
-        {
-            BeforeOperation = async (op, _, _) =>
-            {
-                if (op != "write")
-                {
-                    return;
-                }
-                InterlockedMax(ref peak, Interlocked.Increment(ref running));
-                await gate.Task;
-                Interlocked.Decrement(ref running);
-            },
-        };
+        var gate = new WriteGate();
         // Each connection alone could hold 8 writes; the server as a whole holds 4 blocks' worth.
-        ServerHarness harness = await ServerHarness.StartAsync(device, options: new NbdServerOptions
+        ServerHarness harness = await ServerHarness.StartAsync(gate.CreateDevice(), options: new NbdServerOptions
         {
             MaxInFlightBytes = 8 * BlockSize,
             MaxServerInFlightBytes = 4 * BlockSize,
@@ -513,7 +484,7 @@ public sealed class TransmissionTests
             {
                 await clients[0].SendRequestAsync(CmdWrite, h, h * BlockSize, BlockSize, 0, new byte[BlockSize]);
             }
-            await WaitForPeakAsync(() => Volatile.Read(ref peak), 4);
+            await WaitForPeakAsync(() => gate.Peak, 4);
             for (int c = 1; c < 3; c++)
             {
                 for (ulong h = 0; h < 3; h++)
@@ -521,10 +492,10 @@ public sealed class TransmissionTests
                     await clients[c].SendRequestAsync(CmdWrite, h, (ulong)(8 + 4 * c) * BlockSize + h * BlockSize, BlockSize, 0, new byte[BlockSize]);
                 }
             }
-            await WaitForPeakAsync(() => Volatile.Read(ref peak), 6);
-            Assert.Equal(6, Volatile.Read(ref peak));
+            await WaitForPeakAsync(() => gate.Peak, 6);
+            Assert.Equal(6, gate.Peak);
 
-            gate.SetResult();
+            gate.Open();
             for (int c = 0; c < 3; c++)
             {
                 for (int i = 0; i < (c == 0 ? 6 : 3); i++)
@@ -540,6 +511,32 @@ public sealed class TransmissionTests
                 await client.DisposeAsync();
             }
         }
+    }
+
+    /// <summary>Makes devices whose writes wait until <see cref="Open"/>, counting the most that waited at once.</summary>
+    private sealed class WriteGate
+    {
+        private readonly TaskCompletionSource _open = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        private int _running;
+        private int _peak;
+
+        public int Peak => Volatile.Read(ref _peak);
+
+        public void Open() => _open.SetResult();
+
+        public MemoryBlockDevice CreateDevice() => new(DeviceSize, BlockSize)
+        {
+            BeforeOperation = async (op, _, _) =>
+            {
+                if (op != "write")
+                {
+                    return;
+                }
+                InterlockedMax(ref _peak, Interlocked.Increment(ref _running));
+                await _open.Task;
+                Interlocked.Decrement(ref _running);
+            },
+        };
     }
 
     /// <summary>Waits for <paramref name="peak"/> to reach <paramref name="expected"/>, then a little longer so that an overshoot would show.</summary>
