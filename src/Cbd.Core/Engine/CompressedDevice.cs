@@ -635,12 +635,18 @@ public sealed partial class CompressedDevice : IBlockDevice
     /// </summary>
     private async Task<(List<CachedLblk> Batch, WrittenBack?[] Results)> WriteBackDirtyAsync()
     {
-        List<CachedLblk> batch;
+        var batch = new List<CachedLblk>();
         lock (_cacheLock)
         {
-            batch = [.. _dirty];
-            foreach (var entry in batch)
+            foreach (var entry in _dirty)
+            {
+                // Being written back at this very version by the checkpoint before: left to it, and not
+                // pinned again, so that it can be evicted as soon as that checkpoint has published it.
+                if (Volatile.Read(ref entry.WriteBackVersion) == Volatile.Read(ref entry.Version))
+                    continue;
                 entry.Pins++;
+                batch.Add(entry);
+            }
         }
         var results = new WrittenBack?[batch.Count];
         try
