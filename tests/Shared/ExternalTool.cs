@@ -1,4 +1,4 @@
-namespace Cbd.Integration.Tests;
+namespace Cbd.TestTools;
 
 /// <summary>
 /// Runs the real, unmodified clients the tests drive. A missing tool fails the test and names the Debian package that

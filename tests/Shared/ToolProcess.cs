@@ -1,7 +1,7 @@
 using System.Diagnostics;
 using System.Text;
 
-namespace Cbd.Integration.Tests;
+namespace Cbd.TestTools;
 
 /// <summary>
 /// A child process running in the background with its output captured as it arrives (character by character,

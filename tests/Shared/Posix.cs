@@ -1,6 +1,6 @@
 using System.Runtime.InteropServices;
 
-namespace Cbd.Integration.Tests;
+namespace Cbd.TestTools;
 
 /// <summary>Signals by process id: .NET can send SIGKILL (<see cref="System.Diagnostics.Process.Kill()"/>) but not SIGTERM.</summary>
 internal static partial class Posix
