@@ -1,5 +1,4 @@
 using System.Buffers.Binary;
-using System.Collections.Concurrent;
 using System.IO.Compression;
 using System.IO.Hashing;
 using Cbd.Core.Format;
@@ -135,29 +134,14 @@ internal sealed class ZstdCodec(int level) : Codec
     /// <summary>Up to two contexts per core kept for reuse; more are made when needed and disposed after.</summary>
     private sealed class ContextPool<T>(Func<T> create) where T : class, IDisposable
     {
-        private readonly ConcurrentStack<T> _free = new();
-        private readonly int _max = 2 * Environment.ProcessorCount;
-        private int _retained;
+        private readonly BoundedStack<T> _free = new(2 * Environment.ProcessorCount);
 
-        public T Rent()
-        {
-            if (_free.TryPop(out var context))
-            {
-                Interlocked.Decrement(ref _retained);
-                return context;
-            }
-            return create();
-        }
+        public T Rent() => _free.TryPop(out var context) ? context : create();
 
         public void Return(T context)
         {
-            if (Interlocked.Increment(ref _retained) <= _max)
-            {
-                _free.Push(context);
-                return;
-            }
-            Interlocked.Decrement(ref _retained);
-            context.Dispose();
+            if (!_free.TryPush(context))
+                context.Dispose();
         }
     }
 }

@@ -602,14 +602,8 @@ public sealed partial class CompressedDevice : IBlockDevice
                 return;
             // One publication at most goes on behind this checkpoint's compression: a deeper pipeline would
             // only find the lblks still being written back by the checkpoints before.
-            try
-            {
-                await _olderPublish.ConfigureAwait(false);
-            }
-            catch
-            {
-                // Its failure is in _failed, which the stages below check.
-            }
+            // Its failure, if any, is in _failed, which the stages below check.
+            await _olderPublish.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
             long number = Interlocked.Increment(ref _checkpointsStarted);
             var (batch, results) = await WriteBackDirtyAsync().ConfigureAwait(false);
             var publish = PublishAsync(_publish, batch, results);
@@ -675,14 +669,8 @@ public sealed partial class CompressedDevice : IBlockDevice
     {
         var ct = CancellationToken.None;
         var freed = new List<ulong>();
-        try
-        {
-            await previous.ConfigureAwait(false);
-        }
-        catch
-        {
-            // Its failure is in _failed, checked next.
-        }
+        // A failure of the stage before is in _failed, checked next.
+        await previous.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
         try
         {
             if (_failed is { } failed)
@@ -762,28 +750,15 @@ public sealed partial class CompressedDevice : IBlockDevice
     private async Task CommitAsync(Task previous, Task<List<ulong>> publish, long number)
     {
         var ct = CancellationToken.None;
-        List<ulong>? freed = null;
-        try
-        {
-            await previous.ConfigureAwait(false);
-        }
-        catch
-        {
-            // Its failure is in _failed, checked next.
-        }
-        try
-        {
-            freed = await publish.ConfigureAwait(false);
-        }
-        catch
-        {
-            // As above.
-        }
+        // A failure of either stage waited for is in _failed, checked next.
+        await previous.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+        await ((Task)publish).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
         try
         {
             if (_failed is { } failed)
                 ThrowHelper.Failed(failed);
-            if (freed!.Count > 0 || _lbat.HasDirty)
+            var freed = publish.Result;
+            if (freed.Count > 0 || _lbat.HasDirty)
             {
                 await _lbat.WriteDirtyAsync(ct).ConfigureAwait(false);
                 await _store.FlushAsync(ct).ConfigureAwait(false);
@@ -1120,15 +1095,9 @@ public sealed partial class CompressedDevice : IBlockDevice
         }
         finally
         {
-            try
-            {
-                // A commit left running by write-back must not outlive the store it writes to.
-                await _commit.ConfigureAwait(false);
-            }
-            catch
-            {
-                // Its failure is in _failed and kept the image marked dirty.
-            }
+            // A commit left running by write-back must not outlive the store it writes to. Its failure, if
+            // any, is in _failed and kept the image marked dirty.
+            await _commit.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
             lock (_cacheLock)
             {
                 foreach (var entry in _cache.Values)

@@ -1,5 +1,3 @@
-using System.Collections.Concurrent;
-
 namespace Cbd.Core.Engine;
 
 /// <summary>
@@ -9,28 +7,15 @@ namespace Cbd.Core.Engine;
 /// </summary>
 internal sealed class LblkBufferPool(int lblkSize, int maxRetained)
 {
-    private readonly ConcurrentStack<byte[]> _free = new();
-    // ConcurrentStack.Count walks the whole stack: the pool keeps its own count.
-    private int _retained;
+    private readonly BoundedStack<byte[]> _free = new(maxRetained);
 
     public int LblkSize => lblkSize;
 
-    public byte[] Rent()
-    {
-        if (_free.TryPop(out var buffer))
-        {
-            Interlocked.Decrement(ref _retained);
-            return buffer;
-        }
-        return GC.AllocateUninitializedArray<byte>(lblkSize, pinned: true);
-    }
+    public byte[] Rent() => _free.TryPop(out var buffer) ? buffer : GC.AllocateUninitializedArray<byte>(lblkSize, pinned: true);
 
     public void Return(byte[] buffer)
     {
         Invariant.Check(buffer.Length == lblkSize, "a buffer of another size returned to the lblk pool");
-        if (Interlocked.Increment(ref _retained) <= maxRetained)
-            _free.Push(buffer);
-        else
-            Interlocked.Decrement(ref _retained);
+        _free.TryPush(buffer);
     }
 }
