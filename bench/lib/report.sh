@@ -175,15 +175,17 @@ write_report() {
   write_chart
 }
 
-# The commit cbd was built from, marked when src/ differs from it.
+# The commit cbd was built from, marked when src/ differs from it, and which build ran.
 cbd_revision() {
   local rev
   if rev="$(git -C "$root" rev-parse --short HEAD 2>/dev/null)"; then
     git -C "$root" diff --quiet HEAD -- src 2>/dev/null || rev+=" with uncommitted changes in src/"
-    echo "$rev"
   else
-    echo "(not a git checkout)"
+    rev="(not a git checkout)"
   fi
+  # scripts/build-cbd leaves cbd.dll beside the executable only for the JIT build.
+  if [[ -f "$root/artifacts/cbd/cbd.dll" ]]; then rev+=", JIT build"; else rev+=", native build"; fi
+  echo "$rev"
 }
 
 drop_caches_summary() {

@@ -22,13 +22,20 @@ public sealed class CbdServer : IAsyncDisposable
         PidFile = pidFile;
     }
 
-    /// <summary>The apphost built by the project reference to src/Cbd.Cli and copied next to the test assembly.</summary>
+    /// <summary>
+    /// The executable under test: <c>CBD_EXECUTABLE</c> when set (scripts/test sets it to the native build that
+    /// scripts/serve and bench/run use), else the JIT apphost that the project reference to src/Cbd.Cli builds and
+    /// copies next to the test assembly.
+    /// </summary>
     public static string Executable
     {
         get
         {
-            string path = Path.Combine(AppContext.BaseDirectory, "cbd");
-            Assert.True(File.Exists(path), $"{path} is missing: build src/Cbd.Cli (the test project references it).");
+            string? chosen = Environment.GetEnvironmentVariable("CBD_EXECUTABLE");
+            string path = string.IsNullOrEmpty(chosen) ? Path.Combine(AppContext.BaseDirectory, "cbd") : chosen;
+            Assert.True(File.Exists(path), string.IsNullOrEmpty(chosen)
+                ? $"{path} is missing: build src/Cbd.Cli (the test project references it)."
+                : $"CBD_EXECUTABLE names {path}, which does not exist.");
             return path;
         }
     }
