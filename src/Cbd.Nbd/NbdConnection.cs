@@ -6,7 +6,8 @@ namespace Cbd.Nbd;
 
 /// <summary>
 /// One client connection: the handshake, then a reader loop that parses requests and runs each on its own
-/// task. Replies go out as requests complete, in any order, each written whole under <see cref="_sendLock"/>.
+/// task (a write starts on the reader's thread, until it first waits). Replies go out as requests complete, in
+/// any order, each written whole under <see cref="_sendLock"/>.
 /// </summary>
 /// <remarks>
 /// Invariants: <see cref="RunAsync"/> never throws; every request admitted by <see cref="_limiter"/> is
