@@ -174,7 +174,7 @@ internal sealed partial class NbdConnection
         NbdCommandFlags allowed = command switch
         {
             NbdCommand.Read => _structuredReplies ? NbdCommandFlags.DontFragment : NbdCommandFlags.None,
-            NbdCommand.WriteZeroes => NbdCommandFlags.NoHole | NbdCommandFlags.FastZero,
+            NbdCommand.WriteZeroes => NbdCommandFlags.NoHole | (_export.Device.CanProvision ? NbdCommandFlags.FastZero : 0),
             NbdCommand.BlockStatus => NbdCommandFlags.RequestOne,
             NbdCommand.Write or NbdCommand.Flush or NbdCommand.Trim or NbdCommand.Cache => NbdCommandFlags.None,
             _ => (NbdCommandFlags)ushort.MaxValue,
@@ -248,6 +248,8 @@ internal sealed partial class NbdConnection
                 return NbdError.Perm;
             case OutOfSpaceException:
                 return NbdError.NoSpace;
+            case ProvisioningNotSupportedException:
+                return NbdError.NotSupported;
             case OperationCanceledException when _abort.IsCancellationRequested:
                 return NbdError.Shutdown;
             case IOException:

@@ -59,8 +59,13 @@ internal sealed class NbdExport
         }
         else
         {
-            flags |= NbdTransmissionFlags.SendFua | NbdTransmissionFlags.SendTrim | NbdTransmissionFlags.SendWriteZeroes
-                | NbdTransmissionFlags.SendFastZero;
+            flags |= NbdTransmissionFlags.SendFua | NbdTransmissionFlags.SendTrim | NbdTransmissionFlags.SendWriteZeroes;
+            // A device that cannot provision refuses NO_HOLE with NBD_ENOTSUP, which the spec forbids to a
+            // server advertising FAST_ZERO for requests without that flag.
+            if (Device.CanProvision)
+            {
+                flags |= NbdTransmissionFlags.SendFastZero;
+            }
         }
         if (structuredReplies)
         {

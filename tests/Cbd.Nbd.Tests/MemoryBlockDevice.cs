@@ -31,6 +31,9 @@ public sealed class MemoryBlockDevice : IBlockDevice
     public int BlockSize { get; }
     public bool IsReadOnly { get; }
 
+    /// <summary>Memory never runs out of space for a block that is already there.</summary>
+    public bool CanProvision => true;
+
     public int FlushCount => Volatile.Read(ref _flushes);
 
     /// <summary>Called before every operation with its name ("read", "write", ...), offset and length; may throw or delay.</summary>

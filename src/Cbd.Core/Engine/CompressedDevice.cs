@@ -23,6 +23,7 @@ public sealed partial class CompressedDevice : IBlockDevice
     private readonly int _lblkSize;
     private readonly int _parallelism;
     private readonly LblkBufferPool _buffers;
+    private readonly SpacePromise _space;
 
     // Cache of decompressed lblks; _cacheLock guards the dictionary, the dirty set, pins and use stamps.
     private readonly Lock _cacheLock = new();
@@ -72,6 +73,7 @@ public sealed partial class CompressedDevice : IBlockDevice
         _buffers = new LblkBufferPool(_lblkSize, _maxCached + 4 * _parallelism);
         _lbat = new LbatCache(geometry, store, maxCleanPages: 4096);
         _alloc = new Allocator(geometry, store, (long)header.PblkUsed);
+        _space = new SpacePromise(geometry, headroomLblks: _parallelism + 1);
         _lblksUsed = (long)header.LblkUsed;
         _pblksUsed = (long)header.PblkUsed;
     }
@@ -82,6 +84,11 @@ public sealed partial class CompressedDevice : IBlockDevice
     public long Size => _geometry.LogicalBytes;
     public int BlockSize => _lblkSize;
     public bool IsReadOnly => _options.ReadOnly;
+
+    /// <summary>True when the geometry backs every lblk stored uncompressed (<see cref="SpacePromise"/>).</summary>
+    public bool CanProvision => _space.FullyBacked;
+
+    internal SpacePromise Space => _space;
 
     /// <summary>True when open found the image not closed clean and rebuilt its pbats and stats.</summary>
     public bool Recovered { get; private set; }
@@ -333,8 +340,18 @@ public sealed partial class CompressedDevice : IBlockDevice
     public ValueTask TrimAsync(long offset, long length, CancellationToken cancellationToken = default) =>
         ZeroRangeAsync(offset, length, deallocate: true, fua: false, cancellationToken);
 
-    public ValueTask WriteZeroesAsync(long offset, long length, bool mayDeallocate = true, bool fua = false, CancellationToken cancellationToken = default) =>
-        ZeroRangeAsync(offset, length, mayDeallocate || _zeroDetect, fua, cancellationToken);
+    public ValueTask WriteZeroesAsync(long offset, long length, bool mayDeallocate = true, bool fua = false, CancellationToken cancellationToken = default)
+    {
+        if (!mayDeallocate && !_space.FullyBacked)
+        {
+            CheckWritable();
+            CheckRange(offset, length);
+            ThrowHelper.CannotProvision(offset, length, _space);
+        }
+        // Provisioned or not, an all-zero lblk is stored unallocated under zero detection: on a fully backed
+        // device every lblk can be rewritten uncompressed anyway.
+        return ZeroRangeAsync(offset, length, mayDeallocate || _zeroDetect, fua, cancellationToken);
+    }
 
     private async ValueTask ZeroRangeAsync(long offset, long length, bool deallocate, bool fua, CancellationToken cancellationToken)
     {
@@ -532,7 +549,9 @@ public sealed partial class CompressedDevice : IBlockDevice
         {
             if (_alloc.TryReserve(count))
                 return count;
-            if (attempt == 2)
+            // While the device is backed the space exists and comes free as the checkpoints commit; only
+            // rewrites running alongside can hold it, so a write keeps waiting for them rather than fail.
+            if (attempt >= 2 && (attempt == MaxReserveAttemptsWhileBacked || !IsBacked()))
                 return 0;
             // Write-back releases reservations beyond what compression needed and frees replaced pblks.
             await CheckpointAsync(Interlocked.Read(ref _checkpointsStarted), cancellationToken).ConfigureAwait(false);
@@ -953,6 +972,21 @@ public sealed partial class CompressedDevice : IBlockDevice
 
     // ---- status ----
 
+    private const int MaxReserveAttemptsWhileBacked = 16;
+
+    /// <summary>
+    /// True while every lblk holding data could be rewritten uncompressed (<see cref="SpacePromise"/>). An lblk
+    /// holds data if it is allocated or dirty; publication counts it in <c>_lblksUsed</c> before it leaves
+    /// <c>_dirty</c>, so under the cache lock every such lblk is counted at least once. A dirty lblk that was
+    /// allocated already is counted twice: a burst of rewrites can withhold the promise until write-back, never
+    /// give one too many.
+    /// </summary>
+    private bool IsBacked()
+    {
+        lock (_cacheLock)
+            return _space.Backs(Interlocked.Read(ref _lblksUsed) + _dirty.Count);
+    }
+
     public async ValueTask<IReadOnlyList<BlockExtent>> GetBlockStatusAsync(long offset, long length, CancellationToken cancellationToken = default)
     {
         CheckRange(offset, length);
@@ -968,6 +1002,16 @@ public sealed partial class CompressedDevice : IBlockDevice
                 extents.Add(new BlockExtent(n, hole, zero));
             offset += n;
             length -= n;
+        }
+        // Decided after every lblk was looked at, so that data written meanwhile is counted too. An
+        // overcommitted device reports its data as holes that are not zero: a write there may fail for space.
+        if (!IsBacked())
+        {
+            for (int i = 0; i < extents.Count; i++)
+            {
+                if (!extents[i].IsHole)
+                    extents[i] = extents[i] with { IsHole = true };
+            }
         }
         return extents;
     }

@@ -12,3 +12,9 @@ public sealed class LblkCorruptException(long lblk, string message)
 
 /// <summary>A write, trim or zeroing was sent to a device opened read-only (EPERM).</summary>
 public sealed class ReadOnlyDeviceException() : IOException("the device is open read-only");
+
+/// <summary>
+/// Zeroing that must leave the range fully provisioned (NBD_CMD_FLAG_NO_HOLE) was asked of a device that cannot
+/// promise it (ENOTSUP); nothing was changed.
+/// </summary>
+public sealed class ProvisioningNotSupportedException(string message) : NotSupportedException(message);

@@ -10,7 +10,9 @@ namespace Cbd.Core.Engine;
 /// concurrently; calls touching the same logical block are ordered by the device.
 /// Errors: <see cref="OutOfSpaceException"/> when the backing store is full (ENOSPC),
 /// <see cref="LblkCorruptException"/> or <see cref="IOException"/> for a failed read or write of the
-/// backing store (EIO), <see cref="ReadOnlyDeviceException"/> for a write to a read-only device (EPERM).
+/// backing store (EIO), <see cref="ReadOnlyDeviceException"/> for a write to a read-only device (EPERM),
+/// <see cref="ProvisioningNotSupportedException"/> for zeroing that must provision a range the device cannot
+/// promise (ENOTSUP).
 /// </remarks>
 public interface IBlockDevice : IAsyncDisposable
 {
@@ -21,6 +23,13 @@ public interface IBlockDevice : IAsyncDisposable
     int BlockSize { get; }
 
     bool IsReadOnly { get; }
+
+    /// <summary>
+    /// True when zeroing without <c>mayDeallocate</c> can promise that no later write to the range fails for
+    /// space, whatever is written elsewhere and across a restart; otherwise such zeroing throws
+    /// <see cref="ProvisioningNotSupportedException"/>.
+    /// </summary>
+    bool CanProvision { get; }
 
     /// <summary>Fills <paramref name="buffer"/> with the bytes at <paramref name="offset"/>.</summary>
     ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken = default);
@@ -42,14 +51,16 @@ public interface IBlockDevice : IAsyncDisposable
 
     /// <summary>
     /// Zeroes a range. With <paramref name="mayDeallocate"/> whole lblks are deallocated (they still read
-    /// as zeros); without it they are stored as allocated zero blocks unless zero detection is on, in
-    /// which case an all-zero lblk is never allocated.
+    /// as zeros). Without it the range must stay writable whatever happens (NBD_CMD_FLAG_NO_HOLE): a device
+    /// that cannot promise that (<see cref="CanProvision"/> false) throws
+    /// <see cref="ProvisioningNotSupportedException"/> and changes nothing.
     /// </summary>
     ValueTask WriteZeroesAsync(long offset, long length, bool mayDeallocate = true, bool fua = false, CancellationToken cancellationToken = default);
 
     /// <summary>
     /// Describes <c>[offset, offset + length)</c> as consecutive extents, each flagged as hole and/or
     /// known zeros. The extents cover the range exactly, in order, and adjacent extents differ in flags.
+    /// A write to an extent that is not a hole does not fail for lack of space (NBD base:allocation).
     /// </summary>
     ValueTask<IReadOnlyList<BlockExtent>> GetBlockStatusAsync(long offset, long length, CancellationToken cancellationToken = default);
 
@@ -62,7 +73,7 @@ public interface IBlockDevice : IAsyncDisposable
 
 /// <summary>One run of bytes with the same allocation state.</summary>
 /// <param name="Length">Bytes in the run.</param>
-/// <param name="IsHole">Not allocated on the backing store.</param>
+/// <param name="IsHole">Not allocated on the backing store, or a write to it may fail for lack of space.</param>
 /// <param name="IsZero">Known to read as zeros.</param>
 public readonly record struct BlockExtent(long Length, bool IsHole, bool IsZero);
 

@@ -27,4 +27,10 @@ internal static class ThrowHelper
     [DoesNotReturn]
     public static void Failed(Exception cause) =>
         throw new IOException($"the device stopped accepting writes after a backing store error: {cause.Message}", cause);
+
+    [DoesNotReturn]
+    public static void CannotProvision(long offset, long length, SpacePromise space) =>
+        throw new ProvisioningNotSupportedException(
+            $"cannot provision [{offset}, {offset + length}): the data pblks could store {space.MaxBackedLblks} of the device's {space.TotalLblks} lblks uncompressed, " +
+            "so a write elsewhere or a restart could take the space back");
 }
