@@ -66,7 +66,7 @@ public sealed partial class CompressedDevice : IBlockDevice
         _crc = header.Flags.HasFlag(HeaderFlags.LblkCrc);
         _lblkSize = geometry.LblkSize;
         _parallelism = Math.Max(1, options.WriteBackParallelism ?? Environment.ProcessorCount);
-        _maxCached = (int)Math.Clamp(options.CacheBytes / _lblkSize, 4L * _parallelism + 8, int.MaxValue / 2);
+        _maxCached = (int)Math.Clamp(options.CacheBytes / _lblkSize, options.ExactCacheSize ? 1 : 4L * _parallelism + 8, int.MaxValue / 2);
         // Write-back starts at a quarter of the cache so that it overlaps with writes; writers wait at three quarters.
         _dirtyHigh = Math.Max(_maxCached / 4, 1);
         _dirtyMax = Math.Max(_maxCached * 3 / 4, 2);
@@ -689,14 +689,16 @@ public sealed partial class CompressedDevice : IBlockDevice
         var ct = CancellationToken.None;
         var freed = new List<ulong>();
         // A failure of the stage before is in _failed, checked next.
-        await previous.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+        if (_options.Fault != CheckpointFault.PublishBeforePreviousCheckpoint)
+            await previous.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
         try
         {
             if (_failed is { } failed)
                 ThrowHelper.Failed(failed);
             if (batch.Count == 0)
                 return freed;
-            await _store.FlushAsync(ct).ConfigureAwait(false);
+            if (_options.Fault != CheckpointFault.PublishBeforeDataFsync)
+                await _store.FlushAsync(ct).ConfigureAwait(false);
 
             foreach (var result in results)
             {
@@ -708,6 +710,8 @@ public sealed partial class CompressedDevice : IBlockDevice
                 Interlocked.Add(ref _lblksUsed, (result.Alloc.IsAllocated ? 1 : 0) - (old.IsAllocated ? 1 : 0));
                 Interlocked.Add(ref _pblksUsed, result.Alloc.Pblks.Length - old.Pblks.Length);
             }
+            if (_options.Fault == CheckpointFault.PublishBeforeDataFsync)
+                await _store.FlushAsync(ct).ConfigureAwait(false);
             // The entries are published in memory: an evicted lblk now reloads its new contents.
             foreach (var result in results)
             {
@@ -777,6 +781,11 @@ public sealed partial class CompressedDevice : IBlockDevice
             if (_failed is { } failed)
                 ThrowHelper.Failed(failed);
             var freed = publish.Result;
+            if (_options.Fault == CheckpointFault.FreeBeforeCommitFsync)
+            {
+                await _alloc.FreeAsync(freed, ct).ConfigureAwait(false);
+                freed = [];
+            }
             if (freed.Count > 0 || _lbat.HasDirty)
             {
                 await _lbat.WriteDirtyAsync(ct).ConfigureAwait(false);

@@ -36,4 +36,28 @@ public sealed record DeviceOptions
 
     /// <summary>Compression threads used by write-back; default every core.</summary>
     public int? WriteBackParallelism { get; init; }
+
+    /// <summary>
+    /// Takes <see cref="CacheBytes"/> as it is, below the floor of 4 lblks per compression thread plus 8
+    /// that the device otherwise keeps, so that tests can hold write-back under memory pressure.
+    /// </summary>
+    internal bool ExactCacheSize { get; init; }
+
+    /// <summary>An ordering bug to inject into the checkpoints, for tests that must show they catch it.</summary>
+    internal CheckpointFault Fault { get; init; }
+}
+
+/// <summary>Deliberate breaks of the checkpoint order (docs/FORMAT.md, "Consistency"), for tests only.</summary>
+internal enum CheckpointFault
+{
+    None,
+
+    /// <summary>A checkpoint publishes its entries before its data fsync (step 3 after step 4).</summary>
+    PublishBeforeDataFsync,
+
+    /// <summary>A checkpoint publishes without waiting for the one before to publish (and fsync its data).</summary>
+    PublishBeforePreviousCheckpoint,
+
+    /// <summary>A commit frees the replaced pblks before the lbat fsync (step 6 before steps 4 and 5).</summary>
+    FreeBeforeCommitFsync,
 }

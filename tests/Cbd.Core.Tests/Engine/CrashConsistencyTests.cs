@@ -1,57 +1,146 @@
 using System.IO.Hashing;
 using Cbd.Core.Engine;
+using Cbd.Core.Format;
 using Cbd.Core.Maintenance;
 using Cbd.Core.Storage;
+using Xunit.Abstractions;
 
 namespace Cbd.Core.Tests.Engine;
 
 /// <summary>
-/// Power cuts at every point of a recorded workload (FORMAT.md, "Consistency"): the image opens, every
-/// lblk holds one of the contents it may hold at that instant, and the recovered device works on.
+/// Power cuts at every point of a recorded workload (FORMAT.md, "Consistency"), on a store whose fsyncs
+/// complete late and out of order (<see cref="RecordingStore"/>), so that checkpoints overlap as they do
+/// on a real disk: the image opens, every lblk holds one of the contents it may hold at that instant,
+/// nothing a completed flush or FUA write covered is lost, and the recovered device works on.
 /// </summary>
-public class CrashConsistencyTests
+public class CrashConsistencyTests(ITestOutputHelper output)
 {
     private const int LblkSize = 16 * 1024;
     private const int Lblks = 24;
 
-    private sealed record Step(int LogStart, int LogEnd, bool IsFlush, Dictionary<int, ulong> Changes);
+    /// <summary>
+    /// 6 lblks, taken as they are (<see cref="DeviceOptions.ExactCacheSize"/>): write-back starts at the
+    /// first dirty lblk and writers wait at 4, so checkpoints run under pressure between flushes.
+    /// </summary>
+    private const int CacheLblks = 6;
+
+    private enum Durability { None, Flush, Fua }
+
+    private sealed record Step(int LogStart, int LogEnd, Durability Durability, Dictionary<int, ulong> Changes);
+
+    private sealed record Workload(int Seed, RecordingStore Recorder, List<Step> Steps, Geometry Geometry);
+
+    /// <summary>Where the recorded log shows checkpoints overlapping.</summary>
+    /// <param name="DataBeforeEarlierLbat">Data writes that come after a data fsync started and before the
+    /// lbat writes of that fsync's checkpoint (or of one before it), with no fsync started in between:
+    /// they belong to a later checkpoint than the lbat writes after them.</param>
+    /// <param name="DataUnderTwoFsyncs">Data writes logged while two or more fsyncs were in flight: a
+    /// checkpoint compressing while the ones before wait for their data fsync and their commit.</param>
+    private sealed record Overlap(int DataBeforeEarlierLbat, int DataUnderTwoFsyncs, int MaxFsyncsInFlight);
 
     [Theory]
-    [InlineData(1, 1)]
-    [InlineData(2, 3)]
-    [InlineData(3, 1)]
-    public async Task Every_cut_point_leaves_old_or_new_contents(int seed, int variantsPerCut)
+    [InlineData(1, 1, CacheLblks)]
+    [InlineData(2, 3, CacheLblks)]
+    [InlineData(3, 1, 16)]
+    [InlineData(4, 1, 16)]
+    public async Task Every_cut_point_leaves_old_or_new_contents(int seed, int variantsPerCut, int cacheLblks)
     {
-        var (recorder, steps) = await RecordWorkloadAsync(seed, operations: 60);
-        await VerifyCutsAsync(recorder, steps, Enumerable.Range(0, recorder.Count + 1), variantsPerCut, seed);
+        var workload = await RecordOverlappingWorkloadAsync(seed, operations: 60, cacheLblks);
+        await VerifyCutsAsync(workload, Enumerable.Range(0, workload.Recorder.Count + 1), variantsPerCut);
     }
 
     [Fact]
     public async Task Sampled_cut_points_of_a_long_workload()
     {
-        var (recorder, steps) = await RecordWorkloadAsync(seed: 42, operations: 400);
+        var workload = await RecordOverlappingWorkloadAsync(seed: 42, operations: 400, cacheLblks: 16);
         var random = new Random(42);
-        var cuts = Enumerable.Range(0, 1500).Select(_ => random.Next(recorder.Count + 1));
-        await VerifyCutsAsync(recorder, steps, cuts, variantsPerCut: 1, seed: 42);
+        var cuts = Enumerable.Range(0, 1500).Select(_ => random.Next(workload.Recorder.Count + 1));
+        await VerifyCutsAsync(workload, cuts, variantsPerCut: 1);
     }
 
-    private static async Task<(RecordingStore, List<Step>)> RecordWorkloadAsync(int seed, int operations)
+    /// <summary>
+    /// Records the workload of <paramref name="seed"/> until its log shows a checkpoint's data written
+    /// before the lbat of one before it (the engine's threads decide how often that happens; a few tries
+    /// at most here), so that the cuts are really taken through overlapping checkpoints.
+    /// </summary>
+    private async Task<Workload> RecordOverlappingWorkloadAsync(int seed, int operations, int cacheLblks)
+    {
+        var tries = new List<Overlap>();
+        for (int attempt = 0; attempt < 10; attempt++)
+        {
+            var workload = await RecordWorkloadAsync(seed + 1001 * attempt, operations, cacheLblks);
+            var overlap = MeasureOverlap(workload);
+            tries.Add(overlap);
+            if (overlap.DataBeforeEarlierLbat > 0)
+            {
+                output.WriteLine($"seed {workload.Seed}: {workload.Recorder.Count} log entries, {overlap}");
+                return workload;
+            }
+        }
+        Assert.Fail($"seed {seed}: no recorded log had a checkpoint overlap the one before: {string.Join(", ", tries)}");
+        return null;
+    }
+
+    /// <summary>
+    /// The simulation must fail on an engine that breaks the checkpoint order. What it caught, on the
+    /// seeds tried while writing this test (60 operations, every cut):
+    /// - <see cref="CheckpointFault.FreeBeforeCommitFsync"/>: in 5 of 8 seeds, a cut while the commit's
+    ///   lbat writes or fsync were still in flight brought back an old entry whose pblks the next
+    ///   checkpoint had already filled ("lblk 14: checksum mismatch ... in pblks 30,31,32,33").
+    /// - <see cref="CheckpointFault.PublishBeforeDataFsync"/>: in 1 of 8 seeds, the commit of the
+    ///   checkpoint before wrote the new entries while their data fsync was held, and a cut there left an
+    ///   entry pointing at data that never landed ("lblk 14: checksum mismatch ... in pblks 59,60"). This
+    ///   needs two checkpoints in flight at once: with fsyncs that complete at once it cannot happen.
+    /// </summary>
+    [Theory]
+    [InlineData(nameof(CheckpointFault.FreeBeforeCommitFsync), 16)]
+    [InlineData(nameof(CheckpointFault.PublishBeforeDataFsync), 40)]
+    public async Task Simulation_catches_a_broken_checkpoint_order(string faultName, int maxSeeds)
+    {
+        var fault = Enum.Parse<CheckpointFault>(faultName);
+        for (int seed = 1; seed <= maxSeeds; seed++)
+        {
+            var workload = await RecordWorkloadAsync(seed, operations: 60, cacheLblks: 16, fault);
+            var failure = await Record.ExceptionAsync(() => VerifyCutsAsync(workload, Enumerable.Range(0, workload.Recorder.Count + 1), 1));
+            if (failure is not null)
+            {
+                output.WriteLine($"{fault}: caught at seed {seed}, {MeasureOverlap(workload)}: {failure.GetType().Name}: {failure.Message}");
+                return;
+            }
+        }
+        Assert.Fail($"{fault}: every cut of {maxSeeds} workloads passed");
+    }
+
+    private static async Task<Workload> RecordWorkloadAsync(int seed, int operations, int cacheLblks = CacheLblks, CheckpointFault fault = CheckpointFault.None)
     {
         var store = new MemoryBackingStore(4 << 20);
         await CompressedDevice.FormatAsync(store, new FormatOptions { LblkSize = LblkSize, LogicalSize = 64 * LblkSize });
-        var recorder = new RecordingStore(store);
+        var geometry = await Geometry.ReadAsync(store);
+        // How eagerly fsyncs complete while writes go on differs from seed to seed.
+        double[] releaseOnWrite = [0, 0.02, 0.1, 0.3];
+        var recorder = new RecordingStore(store, seed, releaseOnWrite[seed % releaseOnWrite.Length]);
         var random = new Random(seed);
         var steps = new List<Step>();
-        // Tiny cache: write-back also runs under pressure, between flushes.
-        var device = await DeviceTestKit.OpenAsync(recorder, new DeviceOptions { CacheBytes = 6 * LblkSize, FlushDelay = TimeSpan.FromHours(1), WriteBackParallelism = 2 });
+        var options = new DeviceOptions
+        {
+            CacheBytes = cacheLblks * LblkSize,
+            ExactCacheSize = true,
+            FlushDelay = TimeSpan.FromHours(1),
+            WriteBackParallelism = 2,
+            Fault = fault,
+        };
+        var open = DeviceTestKit.OpenAsync(recorder, options).AsTask();
+        await recorder.DriveAsync(open);
+        var device = await open;
         var contents = new byte[Lblks][];
         for (int i = 0; i < Lblks; i++)
             contents[i] = new byte[LblkSize];
-        steps.Add(new Step(0, recorder.Count, false, []));
+        steps.Add(new Step(0, recorder.Count, Durability.None, []));
         for (int n = 0; n < operations; n++)
         {
             int start = recorder.Count;
             var changes = new Dictionary<int, ulong>();
+            var durability = Durability.None;
             int choice = random.Next(10);
             if (choice < 6)
             {
@@ -59,26 +148,38 @@ public class CrashConsistencyTests
                 int offset = first * LblkSize + (random.Next(3) == 0 ? random.Next(LblkSize) : 0);
                 int length = Math.Min(random.Next(1, 3 * LblkSize), Lblks * LblkSize - offset);
                 var data = random.Next(2) == 0 ? DeviceTestKit.Compressible(length, random.Next()) : DeviceTestKit.Random(length, random.Next());
-                await device.WriteAsync(offset, data, fua: random.Next(8) == 0);
+                bool fua = random.Next(8) == 0;
+                await recorder.DriveAsync(device.WriteAsync(offset, data, fua));
                 Apply(contents, changes, offset, data);
+                durability = fua ? Durability.Fua : Durability.None;
             }
             else if (choice < 8)
             {
-                int offset = random.Next(Lblks) * LblkSize;
+                int offset = random.Next(Lblks) * LblkSize + (random.Next(3) == 0 ? random.Next(LblkSize) : 0);
                 int length = Math.Min(random.Next(1, 2 * LblkSize), Lblks * LblkSize - offset);
-                await device.TrimAsync(offset, length);
+                if (random.Next(2) == 0)
+                {
+                    await recorder.DriveAsync(device.TrimAsync(offset, length));
+                }
+                else
+                {
+                    bool fua = random.Next(4) == 0;
+                    await recorder.DriveAsync(device.WriteZeroesAsync(offset, length, mayDeallocate: random.Next(2) == 0, fua));
+                    durability = fua ? Durability.Fua : Durability.None;
+                }
                 Apply(contents, changes, offset, new byte[length]);
             }
             else
             {
-                await device.FlushAsync();
+                await recorder.DriveAsync(device.FlushAsync());
+                durability = Durability.Flush;
             }
-            steps.Add(new Step(start, recorder.Count, choice >= 8, changes));
+            steps.Add(new Step(start, recorder.Count, durability, changes));
         }
         int closeStart = recorder.Count;
-        await device.DisposeAsync();
-        steps.Add(new Step(closeStart, recorder.Count, true, []));
-        return (recorder, steps);
+        await recorder.DriveAsync(device.DisposeAsync());
+        steps.Add(new Step(closeStart, recorder.Count, Durability.Flush, []));
+        return new Workload(seed, recorder, steps, geometry);
     }
 
     private static void Apply(byte[][] contents, Dictionary<int, ulong> changes, int offset, byte[] data)
@@ -94,38 +195,97 @@ public class CrashConsistencyTests
         }
     }
 
-    private static async Task VerifyCutsAsync(RecordingStore recorder, List<Step> steps, IEnumerable<int> cuts, int variantsPerCut, int seed)
+    private static Overlap MeasureOverlap(Workload workload)
+    {
+        var geometry = workload.Geometry;
+        int dataBeforeLbat = 0, dataUnderTwo = 0, sinceFlushStart = 0, inFlight = 0;
+        bool flushStarted = false;
+        foreach (var entry in workload.Recorder.Log)
+        {
+            switch (entry)
+            {
+                case RecordingStore.FlushStart:
+                    flushStarted = true;
+                    sinceFlushStart = 0;
+                    inFlight++;
+                    break;
+                case RecordingStore.FlushEnd:
+                    inFlight--;
+                    break;
+                case RecordingStore.Write write:
+                    ulong pblk = (ulong)(write.Offset / Layout.PblkSize);
+                    if (geometry.TryLocateDataPblk(pblk, out _, out _))
+                    {
+                        if (flushStarted)
+                            sinceFlushStart++;
+                        if (inFlight >= 2)
+                            dataUnderTwo++;
+                    }
+                    else if (IsLbat(geometry, pblk))
+                    {
+                        dataBeforeLbat += sinceFlushStart;
+                        sinceFlushStart = 0;
+                    }
+                    break;
+            }
+        }
+        return new Overlap(dataBeforeLbat, dataUnderTwo, workload.Recorder.MaxFsyncsInFlight);
+    }
+
+    private static bool IsLbat(Geometry geometry, ulong pblk)
+    {
+        for (uint zone = 0; zone < geometry.NrZones; zone++)
+        {
+            if (pblk >= geometry.LbatStart(zone) && pblk < geometry.LbatStart(zone) + geometry.LbatPblks)
+                return true;
+        }
+        return false;
+    }
+
+    /// <summary>
+    /// The contents each lblk may hold after a cut once <paramref name="cut"/> log entries were logged:
+    /// those as of the newest durability point that had returned (a flush or clean close, or a FUA write
+    /// to that lblk), and every newer one whose operation had started.
+    /// </summary>
+    private static HashSet<ulong>[] Allowed(List<Step> steps, int cut)
     {
         ulong zeroHash = XxHash3.HashToUInt64(new byte[LblkSize]);
+        int flushed = steps.FindLastIndex(s => s.Durability == Durability.Flush && s.LogEnd <= cut);
+        var allowed = new HashSet<ulong>[Lblks];
+        for (int lblk = 0; lblk < Lblks; lblk++)
+        {
+            int floor = Math.Max(flushed, steps.FindLastIndex(s => s.Durability == Durability.Fua && s.LogEnd <= cut && s.Changes.ContainsKey(lblk)));
+            ulong current = zeroHash;
+            for (int i = 0; i <= floor; i++)
+            {
+                if (steps[i].Changes.TryGetValue(lblk, out ulong h))
+                    current = h;
+            }
+            allowed[lblk] = [current];
+            for (int i = floor + 1; i < steps.Count && steps[i].LogStart <= cut; i++)
+            {
+                if (steps[i].Changes.TryGetValue(lblk, out ulong h))
+                    allowed[lblk].Add(h);
+            }
+        }
+        return allowed;
+    }
+
+    private static async Task VerifyCutsAsync(Workload workload, IEnumerable<int> cuts, int variantsPerCut)
+    {
+        var (seed, recorder, steps, _) = workload;
         var random = new Random(seed);
         int checkedCuts = 0;
         foreach (int cut in cuts)
         {
-            // The newest flush (or FUA write, or clean close) that had returned by the cut: what it covers must survive.
-            int durable = steps.FindLastIndex(s => s.IsFlush && s.LogEnd <= cut);
-            var allowed = new HashSet<ulong>[Lblks];
-            for (int lblk = 0; lblk < Lblks; lblk++)
-            {
-                ulong current = zeroHash;
-                int flushStart = durable < 0 ? 0 : durable;
-                for (int i = 0; i < flushStart; i++)
-                {
-                    if (steps[i].Changes.TryGetValue(lblk, out ulong h))
-                        current = h;
-                }
-                allowed[lblk] = [current];
-                for (int i = flushStart; i < steps.Count && steps[i].LogStart <= cut; i++)
-                {
-                    if (steps[i].Changes.TryGetValue(lblk, out ulong h))
-                        allowed[lblk].Add(h);
-                }
-            }
+            var allowed = Allowed(steps, cut);
             for (int variant = 0; variant < variantsPerCut; variant++)
             {
+                string where = $"seed {seed}, cut {cut}/{recorder.Count}, variant {variant}";
                 var image = recorder.ImageAt(cut, random);
                 // The consistency check first: at most a dirty image whose pbats and stats the next open rebuilds.
                 var report = await DeviceChecker.CheckAsync(image);
-                Assert.False(report.HasErrors, $"cut {cut}/{recorder.Count}, variant {variant}: check found " +
+                Assert.False(report.HasErrors, $"{where}: check found " +
                     string.Join("; ", report.Problems.Where(p => p.Severity == CheckSeverity.Error).Select(p => p.Message)));
                 var seen = new byte[Lblks][];
                 await using (var device = await DeviceTestKit.OpenAsync(image))
@@ -135,7 +295,7 @@ public class CrashConsistencyTests
                         seen[lblk] = new byte[LblkSize];
                         await device.ReadAsync((long)lblk * LblkSize, seen[lblk]);
                         Assert.True(allowed[lblk].Contains(XxHash3.HashToUInt64(seen[lblk])),
-                            $"cut {cut}/{recorder.Count}, variant {variant}: lblk {lblk} holds contents it never had at that point");
+                            $"{where}: lblk {lblk} holds contents it never had at that point, or lost what a flush or FUA write made durable");
                     }
                     // The recovered allocator must not hand out pblks that live lblks use.
                     for (int lblk = 0; lblk < Lblks; lblk += 3)
@@ -151,7 +311,7 @@ public class CrashConsistencyTests
                     for (int lblk = 0; lblk < Lblks; lblk++)
                     {
                         await device.ReadAsync((long)lblk * LblkSize, back);
-                        Assert.True(back.AsSpan().SequenceEqual(seen[lblk]), $"cut {cut}, variant {variant}: lblk {lblk} changed after recovery and new writes");
+                        Assert.True(back.AsSpan().SequenceEqual(seen[lblk]), $"{where}: lblk {lblk} changed after recovery and new writes");
                     }
                 }
             }

@@ -3,33 +3,84 @@ using Cbd.Core.Storage;
 namespace Cbd.Core.Tests.Engine;
 
 /// <summary>
-/// A backing store that records every write and flush, to build the images a power cut could leave:
-/// <see cref="ImageAt"/> keeps the writes before the last flush that started before the cut and keeps,
-/// drops or tears (at 512-byte sectors) each later one.
+/// A backing store that records every write and fsync, to build the images a power cut could leave.
+/// Writes complete at once; an fsync is held until a later write happens to complete it (a seeded
+/// chance) or <see cref="DriveAsync(Task)"/> finds the workload waiting on the store, and then completes
+/// a seeded choice among those held: fsyncs complete late and out of order, so that several checkpoints
+/// are really in flight at once, and the writes after an fsync started land in the log before it completes. As on a real disk, a write is durable once an fsync that started after the write
+/// completed has completed; <see cref="ImageAt"/> keeps the durable writes and keeps, drops or tears (at
+/// 512-byte sectors) each later one.
 /// </summary>
-internal sealed class RecordingStore(MemoryBackingStore inner) : IBackingStore
+/// <remarks>
+/// Which held fsync completes follows the seed; when one completes depends also on the engine's threads
+/// and the machine's load, so two runs record similar but not identical logs. Every
+/// recorded log is checked in full, and a failure names the seed and the cut.
+/// </remarks>
+internal sealed class RecordingStore : IBackingStore
 {
     public abstract record Entry;
     public sealed record Write(long Offset, byte[] Data) : Entry;
-    public sealed record Flush : Entry;
 
-    private readonly MemoryBackingStore _base = inner.Clone();
+    /// <summary>An fsync was called: it covers every write logged before this entry.</summary>
+    public sealed record FlushStart(int Id) : Entry;
+
+    /// <summary>The fsync that started at log index <paramref name="StartIndex"/> completed.</summary>
+    public sealed record FlushEnd(int Id, int StartIndex) : Entry;
+
+    private sealed record Held(int Id, int StartIndex, TaskCompletionSource Done);
+
+    private readonly MemoryBackingStore _inner;
+    private readonly MemoryBackingStore _base;
     private readonly List<Entry> _log = [];
+    private readonly List<Held> _held = [];
+    private readonly Random _random;
+    private readonly double _releaseOnWrite;
     private readonly Lock _lock = new();
+    private TaskCompletionSource _activity = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private int _flushes;
+
+    /// <param name="inner">The store as formatted: the state before the first logged write.</param>
+    /// <param name="seed">Chooses which held fsync completes when.</param>
+    /// <param name="releaseOnWrite">The chance that a write completes one held fsync, as a disk finishing a
+    /// cache flush while new writes arrive; the rest complete only when the workload waits for them.</param>
+    public RecordingStore(MemoryBackingStore inner, int seed, double releaseOnWrite = 0.05)
+    {
+        _inner = inner;
+        _base = inner.Clone();
+        _random = new Random(seed);
+        _releaseOnWrite = releaseOnWrite;
+    }
+
+    /// <summary>How long an operation must leave the store idle before a held fsync completes.</summary>
+    public static TimeSpan QuietPeriod { get; } = TimeSpan.FromMilliseconds(2);
 
     public int Count { get { lock (_lock) return _log.Count; } }
-    public long Length => inner.Length;
+
+    /// <summary>The most fsyncs that were in flight at once.</summary>
+    public int MaxFsyncsInFlight { get; private set; }
+
+    public long Length => _inner.Length;
     public bool CanWrite => true;
 
-    public ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken = default) => inner.ReadAsync(offset, buffer, cancellationToken);
+    public IReadOnlyList<Entry> Log
+    {
+        get { lock (_lock) return [.. _log]; }
+    }
+
+    public ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken = default) => _inner.ReadAsync(offset, buffer, cancellationToken);
 
     public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, CancellationToken cancellationToken = default)
     {
+        TaskCompletionSource activity;
         lock (_lock)
         {
             _log.Add(new Write(offset, data.ToArray()));
-            inner.Write(offset, data.Span);
+            _inner.Write(offset, data.Span);
+            if (_held.Count > 0 && _random.NextDouble() < _releaseOnWrite)
+                ReleaseOneLocked();
+            activity = NextActivityLocked();
         }
+        activity.TrySetResult();
         return ValueTask.CompletedTask;
     }
 
@@ -38,28 +89,109 @@ internal sealed class RecordingStore(MemoryBackingStore inner) : IBackingStore
 
     public ValueTask FlushAsync(CancellationToken cancellationToken = default)
     {
+        // Completions run on the pool, never inside this lock or on the thread that releases them.
+        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        TaskCompletionSource activity;
         lock (_lock)
-            _log.Add(new Flush());
-        return ValueTask.CompletedTask;
+        {
+            int id = ++_flushes;
+            _held.Add(new Held(id, _log.Count, done));
+            _log.Add(new FlushStart(id));
+            MaxFsyncsInFlight = Math.Max(MaxFsyncsInFlight, _held.Count);
+            activity = NextActivityLocked();
+        }
+        activity.TrySetResult();
+        return new ValueTask(done.Task);
     }
 
     public ValueTask SetLengthAsync(long length, CancellationToken cancellationToken = default) => throw new NotSupportedException();
 
-    public ValueTask DisposeAsync() => ValueTask.CompletedTask;
+    public ValueTask DisposeAsync()
+    {
+        lock (_lock)
+        {
+            while (_held.Count > 0)
+                ReleaseOneLocked();
+        }
+        return ValueTask.CompletedTask;
+    }
 
-    /// <summary>The image after a power cut once <paramref name="cut"/> log entries were issued.</summary>
+    /// <summary>
+    /// Waits for <paramref name="operation"/>. While it is running and the store sees no write or fsync
+    /// for <see cref="QuietPeriod"/>, one held fsync completes (a seeded choice among those in flight), as
+    /// a disk finishing a cache flush would: what the operation does not wait for stays in flight behind it.
+    /// </summary>
+    /// <exception cref="TimeoutException">The operation made no progress for a long time with no fsync
+    /// held: the device is stuck.</exception>
+    public async Task DriveAsync(Task operation)
+    {
+        var stuck = TimeSpan.FromSeconds(60);
+        while (!operation.IsCompleted)
+        {
+            Task activity;
+            bool held;
+            lock (_lock)
+            {
+                activity = _activity.Task;
+                held = _held.Count > 0;
+            }
+            var wait = Task.Delay(held ? QuietPeriod : stuck);
+            if (await Task.WhenAny(operation, activity, wait).ConfigureAwait(false) != wait)
+                continue;
+            lock (_lock)
+            {
+                if (!held)
+                    throw new TimeoutException($"the device made no progress in {stuck.TotalSeconds} s with no fsync held");
+                if (_held.Count > 0)
+                    ReleaseOneLocked();
+            }
+        }
+        await operation.ConfigureAwait(false);
+    }
+
+    public Task DriveAsync(ValueTask operation) => DriveAsync(operation.AsTask());
+
+    private TaskCompletionSource NextActivityLocked()
+    {
+        var activity = _activity;
+        _activity = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        return activity;
+    }
+
+    private void ReleaseOneLocked()
+    {
+        var held = _held[_random.Next(_held.Count)];
+        _held.Remove(held);
+        _log.Add(new FlushEnd(held.Id, held.StartIndex));
+        held.Done.TrySetResult();
+    }
+
+    /// <summary>
+    /// Log indices below this are durable once the first <paramref name="cut"/> entries were logged: the
+    /// start of the latest-starting fsync that had completed.
+    /// </summary>
+    public static int DurablePrefix(IReadOnlyList<Entry> log, int cut)
+    {
+        int durable = 0;
+        for (int i = 0; i < cut; i++)
+        {
+            if (log[i] is FlushEnd end)
+                durable = Math.Max(durable, end.StartIndex);
+        }
+        return durable;
+    }
+
+    /// <summary>The image after a power cut once <paramref name="cut"/> log entries were logged.</summary>
     public MemoryBackingStore ImageAt(int cut, Random random)
     {
         var image = _base.Clone();
-        List<Entry> log;
-        lock (_lock)
-            log = _log[..cut];
-        int lastFlush = log.FindLastIndex(e => e is Flush);
-        for (int i = 0; i < log.Count; i++)
+        var log = Log;
+        int durable = DurablePrefix(log, cut);
+        for (int i = 0; i < cut; i++)
         {
             if (log[i] is not Write write)
                 continue;
-            if (i < lastFlush)
+            if (i < durable)
             {
                 image.Write(write.Offset, write.Data);
                 continue;
