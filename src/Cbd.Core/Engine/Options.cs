@@ -36,4 +36,10 @@ public sealed record DeviceOptions
 
     /// <summary>Compression threads used by write-back; default every core.</summary>
     public int? WriteBackParallelism { get; init; }
+
+    /// <summary>
+    /// Receives one line per finding about damaged metadata (an lblk with an invalid entry, pbat bits
+    /// that disagree with the lbats, a pblk claimed twice). Called from any thread; must not block.
+    /// </summary>
+    public Action<string>? Log { get; init; }
 }
