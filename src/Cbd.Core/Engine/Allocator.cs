@@ -15,15 +15,20 @@ internal sealed class Allocator
     private readonly Geometry _geometry;
     private readonly IBackingStore _store;
     private readonly Dictionary<uint, Pbat> _pbats = [];
+    private readonly Action<string> _log;
+
+    /// <summary>pblks claimed by more than one lblk: kept in use for the whole session, whoever lets go of them.</summary>
+    private readonly HashSet<ulong> _neverFree = [];
     private readonly SemaphoreSlim _pbatLock = new(1, 1);
     private readonly Lock _spaceLock = new();
     private long _free;
     private long _reserved;
 
-    public Allocator(Geometry geometry, IBackingStore store, long pblksUsed)
+    public Allocator(Geometry geometry, IBackingStore store, long pblksUsed, Action<string> log)
     {
         _geometry = geometry;
         _store = store;
+        _log = log;
         _free = (long)geometry.TotalDataPblks - pblksUsed;
     }
 
@@ -111,14 +116,19 @@ internal sealed class Allocator
         await _pbatLock.WaitAsync(cancellationToken).ConfigureAwait(false);
         try
         {
+            int freed = 0;
             foreach (ulong pblk in pblks)
             {
+                // Another lblk claims it too: whichever of them owns it, it is not free.
+                if (_neverFree.Contains(pblk))
+                    continue;
                 Invariant.Check(_geometry.TryLocateDataPblk(pblk, out uint zone, out int bit), $"freeing pblk {pblk} outside the data areas");
                 var pbat = await GetPbatAsync(zone, cancellationToken).ConfigureAwait(false);
                 pbat.Clear(bit);
+                freed++;
             }
             lock (_spaceLock)
-                _free += pblks.Count;
+                _free += freed;
         }
         finally
         {
@@ -126,36 +136,82 @@ internal sealed class Allocator
         }
     }
 
-    /// <summary>Replaces every pbat with an empty one, to be filled by <see cref="TryClaimForRebuild"/> (recovery).</summary>
-    public void ResetForRebuild()
+    /// <summary>
+    /// Makes the pbats agree with what the lbats claim, before the first allocation. With
+    /// <paramref name="rebuild"/> (the image was not closed clean) every pbat is replaced by the claims.
+    /// Otherwise each pbat is read and compared: claimed pblks marked free are fenced (marked used),
+    /// pblks marked used that nobody claims are leaks (logged, kept), bits past the zone's data are
+    /// cleared. pblks claimed twice are never freed in this session. Each finding is one log line.
+    /// </summary>
+    public async ValueTask ApplyClaimsAsync(PblkClaims claims, bool rebuild, CancellationToken cancellationToken)
     {
-        _pbats.Clear();
-        for (uint zone = 0; zone < _geometry.NrZones; zone++)
+        byte[] page = ArrayPool<byte>.Shared.Rent(Layout.PblkSize);
+        await _pbatLock.WaitAsync(cancellationToken).ConfigureAwait(false);
+        try
         {
-            var pbat = new Pbat(_geometry.DataPblks(zone));
-            pbat.ClearAll();
-            _pbats[zone] = pbat;
+            long used = 0, fenced = 0, leaked = 0;
+            int fencedZones = 0, leakedZones = 0;
+            for (uint zone = 0; zone < _geometry.NrZones; zone++)
+            {
+                var words = claims.Zone(zone);
+                var pbat = new Pbat(_geometry.DataPblks(zone));
+                if (rebuild)
+                {
+                    pbat.ClearAll();
+                    pbat.Reconcile(words);
+                    pbat.Dirty = true;
+                }
+                else
+                {
+                    await LoadAsync(zone, pbat, page, cancellationToken).ConfigureAwait(false);
+                    var (f, firstF, l, firstL) = pbat.Reconcile(words);
+                    if (f > 0)
+                    {
+                        fenced += f;
+                        if (fencedZones++ < MaxZoneLines)
+                            _log($"zone {zone} pbat: {f} pblks in use by lblks were marked free (first {_geometry.DataStart(zone) + (ulong)firstF}); marked in use, so they are never handed out");
+                    }
+                    if (l > 0)
+                    {
+                        leaked += l;
+                        if (leakedZones++ < MaxZoneLines)
+                            _log($"zone {zone} pbat: {l} pblks marked in use are claimed by no lblk (first {_geometry.DataStart(zone) + (ulong)firstL}); left in use, cbd check --repair frees them");
+                    }
+                }
+                used += pbat.DataPblks - pbat.Free;
+                // A pbat that needs no change is read again when first used; memory holds only the changed ones.
+                if (pbat.Dirty)
+                    _pbats[zone] = pbat;
+                else
+                    _pbats.Remove(zone);
+            }
+            if (fencedZones > MaxZoneLines || leakedZones > MaxZoneLines)
+                _log($"pbats: {fenced} pblks fenced in {fencedZones} zones, {leaked} leaked in {leakedZones} zones in all");
+            int twice = 0;
+            foreach (ulong pblk in claims.ClaimedTwice.Order())
+            {
+                _neverFree.Add(pblk);
+                if (twice++ < MaxZoneLines)
+                    _log($"pblk {pblk} is claimed by more than one lblk: it stays in use for this session (each claimant reads what its checksum accepts); cbd check --repair decides its owner");
+            }
+            if (twice > MaxZoneLines)
+                _log($"{twice} pblks in all are claimed by more than one lblk");
+            lock (_spaceLock)
+            {
+                _free = (long)_geometry.TotalDataPblks - used;
+                if (_free < _reserved)
+                    _log($"pbats: {_free} data pblks are free, fewer than the {_reserved} promised to written lblks; write-back of some of them may fail for lack of space");
+            }
         }
-        lock (_spaceLock)
+        finally
         {
-            _free = (long)_geometry.TotalDataPblks;
-            _reserved = 0;
+            _pbatLock.Release();
+            ArrayPool<byte>.Shared.Return(page);
         }
     }
 
-    /// <summary>Marks a pblk used while rebuilding; false when it is already claimed.</summary>
-    public bool TryClaimForRebuild(ulong pblk)
-    {
-        if (!_geometry.TryLocateDataPblk(pblk, out uint zone, out int bit))
-            return false;
-        var pbat = _pbats[zone];
-        if (pbat.IsSet(bit))
-            return false;
-        pbat.Set(bit);
-        lock (_spaceLock)
-            _free--;
-        return true;
-    }
+    /// <summary>Log lines of one kind at most, so that a badly damaged image does not flood the log.</summary>
+    private const int MaxZoneLines = 20;
 
     /// <summary>Writes every changed pbat.</summary>
     public async ValueTask WriteDirtyAsync(CancellationToken cancellationToken)
@@ -188,16 +244,23 @@ internal sealed class Allocator
         byte[] page = ArrayPool<byte>.Shared.Rent(Layout.PblkSize);
         try
         {
-            await _store.ReadAsync((long)_geometry.ZoneStart(zone) * Layout.PblkSize, page.AsMemory(0, Layout.PblkSize), cancellationToken).ConfigureAwait(false);
-            pbat.Load(page.AsSpan(0, Layout.PblkSize));
+            await LoadAsync(zone, pbat, page, cancellationToken).ConfigureAwait(false);
         }
         finally
         {
             ArrayPool<byte>.Shared.Return(page);
         }
-        if (pbat.BitsBeyondData() != 0)
-            throw new InvalidDataException($"zone {zone} pbat: bits set past its {pbat.DataPblks} data pblks; run cbd check --repair");
         _pbats[zone] = pbat;
         return pbat;
+    }
+
+    /// <summary>Reads a zone's pbat; bits past its data pblks name no pblk and are cleared (logged), never fatal.</summary>
+    private async ValueTask LoadAsync(uint zone, Pbat pbat, byte[] page, CancellationToken cancellationToken)
+    {
+        await _store.ReadAsync((long)_geometry.ZoneStart(zone) * Layout.PblkSize, page.AsMemory(0, Layout.PblkSize), cancellationToken).ConfigureAwait(false);
+        pbat.Load(page.AsSpan(0, Layout.PblkSize));
+        int beyond = pbat.ClearBeyondData();
+        if (beyond > 0)
+            _log($"zone {zone} pbat: {beyond} bits set past its {pbat.DataPblks} data pblks; cleared");
     }
 }

@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Collections.Concurrent;
 using System.Diagnostics;
 using Cbd.Core.Compression;
 using Cbd.Core.Format;
@@ -55,6 +56,14 @@ public sealed partial class CompressedDevice : IBlockDevice
     private long _lblksUsed;
     private long _pblksUsed;
 
+    // Damage: the pbats are trusted only once compared with every lbat's claims (PblkClaims). On a clean
+    // image that scan runs behind open, and write-back, the only user of the allocator, waits for it.
+    private Task _claimsApplied = Task.CompletedTask;
+    private readonly CancellationTokenSource _scanStop = new();
+    /// <summary>lblks already named in the log as damaged, so that each is named once.</summary>
+    private readonly ConcurrentDictionary<ulong, byte> _damaged = new();
+    private const int MaxDamageLines = 100;
+
     private CompressedDevice(IBackingStore store, Header header, Geometry geometry, DeviceOptions options)
     {
         _store = store;
@@ -72,7 +81,7 @@ public sealed partial class CompressedDevice : IBlockDevice
         _dirtyMax = Math.Max(_maxCached * 3 / 4, 2);
         _buffers = new LblkBufferPool(_lblkSize, _maxCached + 4 * _parallelism);
         _lbat = new LbatCache(geometry, store, maxCleanPages: 4096);
-        _alloc = new Allocator(geometry, store, (long)header.PblkUsed);
+        _alloc = new Allocator(geometry, store, (long)header.PblkUsed, Log);
         _space = new SpacePromise(geometry, headroomLblks: _parallelism + 1);
         _lblksUsed = (long)header.LblkUsed;
         _pblksUsed = (long)header.PblkUsed;
@@ -142,15 +151,22 @@ public sealed partial class CompressedDevice : IBlockDevice
             throw new ArgumentException("the backing store is read-only; open the device read-only", nameof(options));
         var geometry = await Geometry.ReadAsync(store, cancellationToken).ConfigureAwait(false);
         var device = new CompressedDevice(store, geometry.Header, geometry, options);
-        if (geometry.Header.Flags.HasFlag(HeaderFlags.Dirty))
+        bool dirty = geometry.Header.Flags.HasFlag(HeaderFlags.Dirty);
+        if (dirty)
         {
-            await device.RebuildAsync(cancellationToken).ConfigureAwait(false);
+            // The pbats and stats are not trusted at all: rebuilt from the lbats before anything else.
+            var claims = await PblkClaims.ScanAsync(geometry, store, cancellationToken).ConfigureAwait(false);
+            await device.ApplyClaimsAsync(claims, rebuild: true, cancellationToken).ConfigureAwait(false);
             device.Recovered = true;
         }
         if (!options.ReadOnly)
         {
             // From here until a clean close the image says it may hold unfinished work.
             await device.WriteHeaderAsync(dirty: true, cancellationToken).ConfigureAwait(false);
+            // A clean image opens at once: its pbats are checked against the lbats behind open, since reading
+            // every lbat takes seconds on a large sparse device, and only write-back has to wait for it.
+            if (!dirty)
+                device._claimsApplied = Task.Run(device.AuditPbatsAsync);
             device._writeBackLoop = Task.Run(device.WriteBackLoopAsync);
         }
         return device;
@@ -270,7 +286,7 @@ public sealed partial class CompressedDevice : IBlockDevice
         }
         catch (InvalidDataException e)
         {
-            throw new LblkCorruptException((long)entry.Lblk, e.Message);
+            throw Damaged(entry.Lblk, $"invalid lblk_alloc entry ({WithoutLblk(e.Message)}); it reads as an I/O error until written whole or repaired (cbd check --repair)");
         }
         if (!alloc.IsAllocated)
         {
@@ -289,7 +305,7 @@ public sealed partial class CompressedDevice : IBlockDevice
             {
                 uint actual = Checksums.LblkCrc(entry.Lblk, bytes);
                 if (actual != alloc.Crc)
-                    throw new LblkCorruptException((long)entry.Lblk, $"checksum mismatch (stored 0x{alloc.Crc:x8}, computed 0x{actual:x8}) in pblks {string.Join(',', alloc.Pblks)}");
+                    throw Damaged(entry.Lblk, $"checksum mismatch (stored 0x{alloc.Crc:x8}, computed 0x{actual:x8}) in pblks {string.Join(',', alloc.Pblks)}");
             }
             byte[] data = _buffers.Rent();
             bool ok;
@@ -306,7 +322,7 @@ public sealed partial class CompressedDevice : IBlockDevice
             if (!ok)
             {
                 _buffers.Return(data);
-                throw new LblkCorruptException((long)entry.Lblk, $"stored bytes (algorithm id {bytes[0]}, {storedBytes} bytes) do not decompress to one {_lblkSize}-byte lblk");
+                throw Damaged(entry.Lblk, $"stored bytes (algorithm id {bytes[0]}, {storedBytes} bytes) do not decompress to one {_lblkSize}-byte lblk");
             }
             entry.Data = data;
             entry.IsZero = false;
@@ -619,6 +635,19 @@ public sealed partial class CompressedDevice : IBlockDevice
                 ThrowHelper.Failed(failed);
             if (Interlocked.Read(ref _checkpointsCompleted) > coveredAfter)
                 return;
+            // Nothing is allocated or freed before the pbats were checked against every lbat.
+            if (!_claimsApplied.IsCompletedSuccessfully)
+            {
+                try
+                {
+                    await _claimsApplied.WaitAsync(cancellationToken).ConfigureAwait(false);
+                }
+                catch (Exception e) when (e is not OperationCanceledException)
+                {
+                    _failed ??= e;
+                    throw;
+                }
+            }
             // One publication at most goes on behind this checkpoint's compression: a deeper pipeline would
             // only find the lblks still being written back by the checkpoints before.
             // Its failure, if any, is in _failed, which the stages below check.
@@ -704,7 +733,18 @@ public sealed partial class CompressedDevice : IBlockDevice
             {
                 if (result is null)
                     continue;
-                var old = await _lbat.ReadAsync(result.Entry.Lblk, ct).ConfigureAwait(false);
+                LblkAlloc old;
+                try
+                {
+                    old = await _lbat.ReadAsync(result.Entry.Lblk, ct).ConfigureAwait(false);
+                }
+                catch (InvalidDataException e)
+                {
+                    // The lblk was written whole over a damaged entry: the new entry repairs it. What the old
+                    // one named is not freed, since those pblks may be another lblk's (they stay leaked).
+                    old = LblkAlloc.Unallocated;
+                    Log($"lblk {result.Entry.Lblk}: invalid lblk_alloc entry ({WithoutLblk(e.Message)}) replaced by the lblk's new contents; the pblks it named stay in use");
+                }
                 await _lbat.WriteAsync(result.Entry.Lblk, result.Alloc, ct).ConfigureAwait(false);
                 freed.AddRange(old.Pblks);
                 Interlocked.Add(ref _lblksUsed, (result.Alloc.IsAllocated ? 1 : 0) - (old.IsAllocated ? 1 : 0));
@@ -1067,44 +1107,60 @@ public sealed partial class CompressedDevice : IBlockDevice
 
     // ---- open and close ----
 
-    /// <summary>Rebuilds the pbats and the stats from the lbats after an unclean close.</summary>
-    private async ValueTask RebuildAsync(CancellationToken cancellationToken)
+    /// <summary>
+    /// Makes the allocator agree with the lbats' claims (see <see cref="Allocator.ApplyClaimsAsync"/>),
+    /// names every lblk with an invalid entry in the log, and takes the stats from the lbats.
+    /// </summary>
+    private async ValueTask ApplyClaimsAsync(PblkClaims claims, bool rebuild, CancellationToken cancellationToken)
     {
-        _alloc.ResetForRebuild();
-        long lblks = 0, pblks = 0;
-        await foreach (var (lblk, alloc) in ScanLbatAsync(_geometry, _store, cancellationToken).ConfigureAwait(false))
-        {
-            foreach (ulong pblk in alloc.Pblks)
-            {
-                if (!_alloc.TryClaimForRebuild(pblk))
-                    throw new InvalidDataException($"lblk {lblk}: pblk {pblk} is claimed by another lblk too; run cbd check --repair");
-            }
-            lblks++;
-            pblks += alloc.Pblks.Length;
-        }
-        _lblksUsed = lblks;
-        _pblksUsed = pblks;
+        foreach (var (lblk, reason) in claims.Invalid)
+            ReportDamaged(lblk, $"invalid lblk_alloc entry ({WithoutLblk(reason)}); it reads as an I/O error until written whole or repaired (cbd check --repair); the pblks it names stay in use");
+        await _alloc.ApplyClaimsAsync(claims, rebuild, cancellationToken).ConfigureAwait(false);
+        Interlocked.Exchange(ref _lblksUsed, claims.LblksUsed);
+        Interlocked.Exchange(ref _pblksUsed, claims.PblksUsed);
     }
 
-    /// <summary>Every allocated lblk_alloc entry, zone by zone; throws <see cref="InvalidDataException"/> for one that cannot be valid.</summary>
-    internal static async IAsyncEnumerable<(ulong Lblk, LblkAlloc Alloc)> ScanLbatAsync(Geometry geometry, IBackingStore store,
-        [System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken cancellationToken = default)
+    /// <summary>The scan behind the open of a clean image: every lbat's claims against the pbats.</summary>
+    private async Task AuditPbatsAsync()
     {
-        var format = geometry.Alloc;
-        byte[] lbat = new byte[checked((int)geometry.LbatPblks * Layout.PblkSize)];
-        var slots = new ulong[format.PblksPerLblk];
-        for (uint zone = 0; zone < geometry.NrZones; zone++)
+        var claims = await PblkClaims.ScanAsync(_geometry, _store, _scanStop.Token).ConfigureAwait(false);
+        await ApplyClaimsAsync(claims, rebuild: false, _scanStop.Token).ConfigureAwait(false);
+    }
+
+    /// <summary>Names a damaged lblk in the log, once per session, and returns the error its reads get.</summary>
+    private LblkCorruptException Damaged(ulong lblk, string message)
+    {
+        ReportDamaged(lblk, $"lblk {lblk}: {message}");
+        return new LblkCorruptException((long)lblk, message);
+    }
+
+    private void ReportDamaged(ulong lblk, string line)
+    {
+        if (!_damaged.TryAdd(lblk, 0))
+            return;
+        int count = _damaged.Count;
+        if (count <= MaxDamageLines)
+            Log(line.StartsWith($"lblk {lblk}:", StringComparison.Ordinal) ? line : $"lblk {lblk}: {line}");
+        else if (count == MaxDamageLines + 1)
+            Log($"more than {MaxDamageLines} damaged lblks; no more are named (cbd check lists them all)");
+    }
+
+    /// <summary>A validation message without its leading "lblk N: ", for a line that names the lblk already.</summary>
+    private static string WithoutLblk(string message)
+    {
+        int colon = message.IndexOf(": ", StringComparison.Ordinal);
+        return message.StartsWith("lblk ", StringComparison.Ordinal) && colon > 0 ? message[(colon + 2)..] : message;
+    }
+
+    private void Log(string line)
+    {
+        try
         {
-            await store.ReadAsync((long)geometry.LbatStart(zone) * Layout.PblkSize, lbat, cancellationToken).ConfigureAwait(false);
-            ulong first = (ulong)zone * geometry.LblkPerZone;
-            for (long i = 0; i < geometry.LblkPerZone && first + (ulong)i < geometry.NrLblks; i++)
-            {
-                int at = (int)format.EntryOffset(i);
-                format.Read(lbat.AsSpan(at), slots, out uint length, out uint crc);
-                if (length == 0 && crc == 0 && !slots.AsSpan().ContainsAnyExcept(0UL))
-                    continue;
-                yield return (first + (ulong)i, LbatCache.Decode(geometry, first + (ulong)i, slots, length, crc));
-            }
+            _options.Log?.Invoke(line);
+        }
+        catch (Exception)
+        {
+            // A failing log must not turn damage to one lblk into a failure of the device.
         }
     }
 
@@ -1148,9 +1204,11 @@ public sealed partial class CompressedDevice : IBlockDevice
         }
         finally
         {
-            // A commit left running by write-back must not outlive the store it writes to. Its failure, if
-            // any, is in _failed and kept the image marked dirty.
+            // A commit left running by write-back, or the scan behind open, must not outlive the store. A
+            // commit's failure, if any, is in _failed and kept the image marked dirty.
             await _commit.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+            _scanStop.Cancel();
+            await _claimsApplied.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
             lock (_cacheLock)
             {
                 foreach (var entry in _cache.Values)

@@ -38,6 +38,12 @@ public sealed record DeviceOptions
     public int? WriteBackParallelism { get; init; }
 
     /// <summary>
+    /// Receives one line per finding about damaged metadata (an lblk with an invalid entry, pbat bits
+    /// that disagree with the lbats, a pblk claimed twice). Called from any thread; must not block.
+    /// </summary>
+    public Action<string>? Log { get; init; }
+
+    /// <summary>
     /// Takes <see cref="CacheBytes"/> as it is, below the floor of 4 lblks per compression thread plus 8
     /// that the device otherwise keeps, so that tests can hold write-back under memory pressure.
     /// </summary>

@@ -132,6 +132,62 @@ internal sealed class Pbat
         return n;
     }
 
+    /// <summary>Clears the bits past <see cref="DataPblks"/> (they name no pblk, so nothing is lost); returns how many were set.</summary>
+    public int ClearBeyondData()
+    {
+        int n = BitsBeyondData();
+        if (n == 0)
+            return 0;
+        for (int bit = DataPblks; bit < Format.Layout.PblksPerZoneData; bit++)
+            _words[bit >> 6] &= ~(1UL << bit);
+        Recount();
+        Dirty = true;
+        return n;
+    }
+
+    /// <summary>
+    /// Compares the bits with the pblks the lbats claim: a claimed pblk marked free is marked used
+    /// (fenced, so it is never handed out); a used pblk nobody claims is left as it is (a leak, which
+    /// costs space, not data). Returns how many of each, and the first of each.
+    /// </summary>
+    public (int Fenced, int FirstFenced, int Leaked, int FirstLeaked) Reconcile(ReadOnlySpan<ulong> claims)
+    {
+        int fenced = 0, leaked = 0, firstFenced = -1, firstLeaked = -1;
+        for (int w = 0; w < _words.Length; w++)
+        {
+            ulong claimed = claims.IsEmpty ? 0 : claims[w];
+            ulong missing = claimed & ~_words[w];
+            ulong stray = _words[w] & ~claimed;
+            if (missing != 0)
+            {
+                if (firstFenced < 0)
+                    firstFenced = (w << 6) + BitOperations.TrailingZeroCount(missing);
+                fenced += BitOperations.PopCount(missing);
+                _words[w] |= missing;
+            }
+            if (stray != 0)
+            {
+                if (firstLeaked < 0)
+                    firstLeaked = (w << 6) + BitOperations.TrailingZeroCount(stray);
+                leaked += BitOperations.PopCount(stray);
+            }
+        }
+        if (fenced > 0)
+        {
+            Recount();
+            Dirty = true;
+        }
+        return (fenced, firstFenced, leaked, firstLeaked);
+    }
+
+    private void Recount()
+    {
+        int used = 0;
+        foreach (ulong word in _words)
+            used += BitOperations.PopCount(word);
+        Free = DataPblks - used;
+    }
+
     public void Store(Span<byte> page)
     {
         for (int w = 0; w < _words.Length; w++)

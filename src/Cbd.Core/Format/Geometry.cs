@@ -169,6 +169,17 @@ public sealed class Geometry
             throw new ArgumentException($"logical size {logicalBytes}: must hold at least one lblk of {lblkSize} bytes");
 
         var alloc = new LblkAllocFormat(shift, nrPblks, crc);
+        // Every lblk needs an entry in an lbat on the device. One zone holds the most: header, pbat, the
+        // lbat, and the 2n data pblks that let one lblk be rewritten (more zones only add pbats).
+        ulong minData = 2UL * (ulong)alloc.PblksPerLblk;
+        if (nrPblks > 2 + minData)
+        {
+            ulong maxLblks = (nrPblks - 2 - minData) * (ulong)alloc.EntriesPerSector * Layout.SectorsPerPblk;
+            if ((ulong)nrLblks > maxLblks)
+                throw new ArgumentException(
+                    $"logical size {logicalBytes}: at most {maxLblks * (ulong)lblkSize} bytes ({maxLblks} lblks of {lblkSize} bytes) on a physical size of {physicalBytes}, " +
+                    $"as each lblk needs a {alloc.EntrySize}-byte lblk_alloc entry on the device");
+        }
         // Zones and lblks per zone depend on each other through the lbat size: start from the most
         // zones that could fit and shrink until the lbat that lblk_per_zone needs fits too.
         ulong zones = Math.Max(1, MaxZones(nrPblks, 1));

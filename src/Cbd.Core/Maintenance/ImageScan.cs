@@ -209,14 +209,9 @@ internal sealed class ImageScan
     private async Task ScanEntriesAsync(bool firstPass, HashSet<ulong> contested, IProgress<double>? progress, CancellationToken cancellationToken)
     {
         var g = Geometry!;
-        var format = g.Alloc;
-        byte[] lbat = new byte[checked((int)g.LbatPblks * Layout.PblkSize)];
-        var slots = new ulong[format.PblksPerLblk];
         var toVerify = new List<(ulong Lblk, LblkAlloc Alloc)>();
         for (uint zone = 0; zone < g.NrZones; zone++)
         {
-            long lbatOffset = (long)g.LbatStart(zone) * Layout.PblkSize;
-            await StoreIo.ReadClampedAsync(_store, lbatOffset, lbat, cancellationToken).ConfigureAwait(false);
             if (firstPass && (long)g.DataStart(zone) * Layout.PblkSize > StoreLength)
             {
                 ZonesCut.Add(zone);
@@ -225,19 +220,17 @@ internal sealed class ImageScan
                     $"zone {zone}: its pbat and lbat (pblks {g.ZoneStart(zone)}..{g.DataStart(zone) - 1}) lie (partly) past the end of the store; what they held for lblks {from}..{from + g.LblkPerZone - 1} is lost",
                     zone: zone, pblk: g.ZoneStart(zone));
             }
-            ulong first = (ulong)zone * g.LblkPerZone;
-            for (long i = 0; i < g.LblkPerZone; i++)
+            // The lbat is read in bounded chunks: one zone's may be gigabytes (a logical size far above the physical one).
+            await LbatReader.ForEachEntryAsync(_store, g, zone, (lblk, slots, length, crc) =>
             {
-                ulong lblk = first + (ulong)i;
-                format.Read(lbat.AsSpan((int)format.EntryOffset(i)), slots, out uint length, out uint crc);
                 var state = Classify(lblk, slots, length, crc, report: firstPass, out var pblks);
                 if (state is EntryState.Empty)
-                    continue;
+                    return;
                 if (!firstPass)
                 {
                     if (state is EntryState.Valid or EntryState.ValidJunkSlots)
                         NoteClaimants(lblk, new LblkAlloc(length, crc, pblks), contested);
-                    continue;
+                    return;
                 }
                 switch (state)
                 {
@@ -265,7 +258,7 @@ internal sealed class ImageScan
                             toVerify.Add((lblk, alloc));
                         break;
                 }
-            }
+            }, cancellationToken).ConfigureAwait(false);
             if (toVerify.Count > 0)
             {
                 await VerifyManyAsync(toVerify, cancellationToken).ConfigureAwait(false);

@@ -1,0 +1,75 @@
+using System.Buffers;
+using Cbd.Core.Storage;
+
+namespace Cbd.Core.Format;
+
+/// <summary>
+/// The one sequential reader of a zone's lbat, shared by the engine's scans and the maintenance
+/// operations. It reads in bounded chunks: a zone's lbat has no size limit of its own (a logical size
+/// far above the physical one gives a single zone with gigabytes of lbat), so it is never held whole.
+/// </summary>
+public static class LbatReader
+{
+    /// <summary>Bytes read at once: large enough that a sparse lbat streams at the store's speed, small enough to be a rounding error in memory.</summary>
+    public const int ChunkBytes = 4 << 20;
+
+    /// <summary>Called for each entry that is not all zeros: its lblk (which may be past the logical end), pblk slots, length and crc.</summary>
+    public delegate void EntryVisitor(ulong lblk, ReadOnlySpan<ulong> slots, uint length, uint crc);
+
+    /// <summary>
+    /// Reads zone <paramref name="zone"/>'s lbat and calls <paramref name="visit"/> for every entry that
+    /// is not all zeros, in lblk order. Bytes past the end of the store read as zeros (a truncated image
+    /// is examined as far as it goes). Whole sectors of zeros are skipped without decoding, so a sparse
+    /// lbat costs about its reading.
+    /// </summary>
+    public static async ValueTask ForEachEntryAsync(IBackingStore store, Geometry geometry, uint zone, EntryVisitor visit,
+        CancellationToken cancellationToken = default)
+    {
+        var format = geometry.Alloc;
+        long lbatBytes = (long)geometry.LbatPblks * Layout.PblkSize;
+        long lbatOffset = (long)geometry.LbatStart(zone) * Layout.PblkSize;
+        int entriesPerSector = format.EntriesPerSector;
+        ulong firstLblk = (ulong)zone * geometry.LblkPerZone;
+        long entries = geometry.LblkPerZone;
+        byte[] chunk = ArrayPool<byte>.Shared.Rent((int)Math.Min(ChunkBytes, lbatBytes));
+        ulong[] slots = ArrayPool<ulong>.Shared.Rent(format.PblksPerLblk);
+        try
+        {
+            for (long at = 0; at < lbatBytes; at += ChunkBytes)
+            {
+                int length = (int)Math.Min(ChunkBytes, lbatBytes - at);
+                await store.ReadClampedAsync(lbatOffset + at, chunk.AsMemory(0, length), cancellationToken).ConfigureAwait(false);
+                VisitChunk(chunk.AsSpan(0, length), at / Layout.SectorSize * entriesPerSector, entries, firstLblk, format, slots, visit);
+            }
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(chunk);
+            ArrayPool<ulong>.Shared.Return(slots);
+        }
+    }
+
+    private static void VisitChunk(ReadOnlySpan<byte> chunk, long firstIndex, long entries, ulong firstLblk, LblkAllocFormat format,
+        ulong[] slots, EntryVisitor visit)
+    {
+        int perSector = format.EntriesPerSector;
+        var used = slots.AsSpan(0, format.PblksPerLblk);
+        for (int sector = 0; sector * Layout.SectorSize < chunk.Length; sector++)
+        {
+            long index = firstIndex + (long)sector * perSector;
+            if (index >= entries)
+                return;
+            var bytes = chunk.Slice(sector * Layout.SectorSize, Layout.SectorSize);
+            if (!bytes.ContainsAnyExcept((byte)0))
+                continue;
+            for (int k = 0; k < perSector && index + k < entries; k++)
+            {
+                var entry = bytes.Slice(k * format.EntrySize, format.EntrySize);
+                if (!entry.ContainsAnyExcept((byte)0))
+                    continue;
+                format.Read(entry, used, out uint length, out uint crc);
+                visit(firstLblk + (ulong)(index + k), used, length, crc);
+            }
+        }
+    }
+}
