@@ -201,7 +201,8 @@ internal sealed partial class NbdConnection
         return option == NbdOption.Go ? OptionOutcome.Transmit : OptionOutcome.Continue;
     }
 
-    private static bool TryParseInfoRequest(ReadOnlySpan<byte> data, out int nameLength, out bool wantName, out bool wantDescription)
+    /// <summary>Parses NBD_OPT_INFO / NBD_OPT_GO data; false when its lengths do not add up. Pure, for tests and fuzzing.</summary>
+    internal static bool TryParseInfoRequest(ReadOnlySpan<byte> data, out int nameLength, out bool wantName, out bool wantDescription)
     {
         nameLength = 0;
         wantName = wantDescription = false;
@@ -259,7 +260,7 @@ internal sealed partial class NbdConnection
             }
         }
 
-        MetaContextQuery query = ParseMetaContextQuery(data.Span, set);
+        MetaContextQuery query = ParseMetaContextQuery(data.Span, set, _export);
         if (query == MetaContextQuery.Invalid)
         {
             await SendOptionReplyAsync(option, NbdOptionReply.ErrInvalid, "malformed metadata context request").ConfigureAwait(false);
@@ -282,7 +283,7 @@ internal sealed partial class NbdConnection
         await SendOptionReplyAsync(option, NbdOptionReply.Ack).ConfigureAwait(false);
     }
 
-    private enum MetaContextQuery
+    internal enum MetaContextQuery
     {
         Invalid,
         UnknownExport,
@@ -290,7 +291,8 @@ internal sealed partial class NbdConnection
         Allocation,
     }
 
-    private MetaContextQuery ParseMetaContextQuery(ReadOnlySpan<byte> data, bool set)
+    /// <summary>Parses NBD_OPT_LIST_META_CONTEXT / NBD_OPT_SET_META_CONTEXT data against <paramref name="export"/>. Pure, for tests and fuzzing.</summary>
+    internal static MetaContextQuery ParseMetaContextQuery(ReadOnlySpan<byte> data, bool set, NbdExport export)
     {
         if (!TryTakeString(ref data, out ReadOnlySpan<byte> exportName) || data.Length < sizeof(uint))
         {
@@ -327,7 +329,7 @@ internal sealed partial class NbdConnection
         {
             return MetaContextQuery.Invalid;
         }
-        if (!_export.Matches(exportName))
+        if (!export.Matches(exportName))
         {
             return MetaContextQuery.UnknownExport;
         }

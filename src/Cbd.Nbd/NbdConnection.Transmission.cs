@@ -39,34 +39,31 @@ internal sealed partial class NbdConnection
             {
                 return;
             }
+            if (request.Command == NbdCommand.Write && request.Length > _pool.PieceSize)
+            {
+                // Received piece by piece into one buffer, each piece written to the device as it arrives, so
+                // the request never holds more than a piece however slowly its data comes.
+                await WriteInPiecesAsync(request, cancellationToken).ConfigureAwait(false);
+                continue;
+            }
 
-            long cost = request.Command is NbdCommand.Read or NbdCommand.Write && request.Length <= NbdLimits.MaxRequestLength
-                ? request.Length
-                : 0;
+            // A READ larger than a piece holds one piece at a time too (see ReadAsync).
+            long cost = request.Command is NbdCommand.Read or NbdCommand.Write ? Math.Min(request.Length, _pool.PieceSize) : 0;
             await _limiter.AcquireAsync(cost, cancellationToken).ConfigureAwait(false);
-            byte[]? payload = null;
+            PayloadBuffer payload = default;
             try
             {
                 if (request.Command == NbdCommand.Write && request.Length > 0)
                 {
-                    if (request.Length > NbdLimits.MaxRequestLength)
-                    {
-                        // Refused with NBD_EINVAL once dispatched; its data is read and dropped so that the
-                        // next request header is found where the client put it.
-                        await SkipAsync(request.Length, cancellationToken).ConfigureAwait(false);
-                    }
-                    else
-                    {
-                        payload = ArrayPool<byte>.Shared.Rent((int)request.Length);
-                        await _input.ReadExactlyAsync(payload.AsMemory(0, (int)request.Length), cancellationToken).ConfigureAwait(false);
-                    }
+                    payload = await _pool.RentAsync((int)request.Length, cancellationToken).ConfigureAwait(false);
+                    await _input.ReadExactlyAsync(payload.Memory[..(int)request.Length], cancellationToken).ConfigureAwait(false);
                 }
             }
             catch
             {
-                if (payload is not null)
+                if (!payload.IsEmpty)
                 {
-                    ArrayPool<byte>.Shared.Return(payload);
+                    _pool.Return(payload);
                 }
                 _limiter.Release(cost);
                 throw;
@@ -86,8 +83,74 @@ internal sealed partial class NbdConnection
         }
     }
 
+    /// <summary>
+    /// A WRITE larger than a piece, run by the reader itself: each piece is received into the same buffer and
+    /// written to the device before the next is read. The data of a refused request is read and dropped so
+    /// that the next request header is found where the client put it; after a failed piece the rest is
+    /// dropped too, and the reply carries the error.
+    /// </summary>
+    private async ValueTask WriteInPiecesAsync(NbdRequest request, CancellationToken cancellationToken)
+    {
+        NbdError error = Validate(request, out string? message);
+        if (error != NbdError.None)
+        {
+            await SkipAsync(request.Length, cancellationToken).ConfigureAwait(false);
+            await SendErrorAsync(request, error, message).ConfigureAwait(false);
+            return;
+        }
+
+        IBlockDevice device = _export.Device;
+        long offset = (long)request.Offset;
+        long remaining = request.Length;
+        Exception? failure = null;
+        PayloadBuffer piece = await _pool.RentAsync(_pool.PieceSize, cancellationToken).ConfigureAwait(false);
+        try
+        {
+            while (remaining > 0)
+            {
+                Memory<byte> data = piece.Memory[..(int)Math.Min(remaining, _pool.PieceSize)];
+                await _input.ReadExactlyAsync(data, cancellationToken).ConfigureAwait(false);
+                if (failure is null)
+                {
+                    try
+                    {
+                        await device.WriteAsync(offset, data, fua: false, _abort.Token).ConfigureAwait(false);
+                    }
+                    catch (Exception ex)
+                    {
+                        failure = ex;
+                    }
+                }
+                offset += data.Length;
+                remaining -= data.Length;
+            }
+        }
+        finally
+        {
+            _pool.Return(piece);
+        }
+        if (failure is null && (request.Flags & NbdCommandFlags.Fua) != 0)
+        {
+            // FUA covers the whole request, so it is one flush after the last piece rather than one per piece.
+            try
+            {
+                await device.FlushAsync(_abort.Token).ConfigureAwait(false);
+            }
+            catch (Exception ex)
+            {
+                failure = ex;
+            }
+        }
+        if (failure is not null)
+        {
+            await SendErrorAsync(request, MapException(request, failure), failure.Message).ConfigureAwait(false);
+            return;
+        }
+        await SendSimpleReplyAsync(request.Handle, NbdError.None).ConfigureAwait(false);
+    }
+
     /// <summary>Runs one request and sends its reply; never throws, and releases what the reader acquired.</summary>
-    private async Task ProcessAsync(NbdRequest request, byte[]? payload, long cost)
+    private async Task ProcessAsync(NbdRequest request, PayloadBuffer payload, long cost)
     {
         try
         {
@@ -100,15 +163,15 @@ internal sealed partial class NbdConnection
         }
         finally
         {
-            if (payload is not null)
+            if (!payload.IsEmpty)
             {
-                ArrayPool<byte>.Shared.Return(payload);
+                _pool.Return(payload);
             }
             _limiter.Release(cost);
         }
     }
 
-    private async ValueTask ExecuteAsync(NbdRequest request, byte[]? payload)
+    private async ValueTask ExecuteAsync(NbdRequest request, PayloadBuffer payload)
     {
         NbdError error = Validate(request, out string? message);
         if (error != NbdError.None)
@@ -133,7 +196,7 @@ internal sealed partial class NbdConnection
                     await BlockStatusAsync(request).ConfigureAwait(false);
                     return;
                 case NbdCommand.Write when request.Length > 0:
-                    await device.WriteAsync(offset, payload.AsMemory(0, length), fua, abort).ConfigureAwait(false);
+                    await device.WriteAsync(offset, payload.Memory[..length], fua, abort).ConfigureAwait(false);
                     break;
                 case NbdCommand.Flush when !_export.IsReadOnly:
                     await device.FlushAsync(abort).ConfigureAwait(false);
@@ -163,82 +226,8 @@ internal sealed partial class NbdConnection
         await SendSimpleReplyAsync(request.Handle, NbdError.None).ConfigureAwait(false);
     }
 
-    /// <summary>
-    /// Checks a request before it reaches the device; returns the error to reply with, or
-    /// <see cref="NbdError.None"/>. The errno choices follow the spec's "Error values" section.
-    /// </summary>
     private NbdError Validate(in NbdRequest request, out string? message)
-    {
-        message = null;
-        NbdCommand command = request.Command;
-        NbdCommandFlags allowed = command switch
-        {
-            NbdCommand.Read => _structuredReplies ? NbdCommandFlags.DontFragment : NbdCommandFlags.None,
-            NbdCommand.WriteZeroes => NbdCommandFlags.NoHole | (_export.Device.CanProvision ? NbdCommandFlags.FastZero : 0),
-            NbdCommand.BlockStatus => NbdCommandFlags.RequestOne,
-            NbdCommand.Write or NbdCommand.Flush or NbdCommand.Trim or NbdCommand.Cache => NbdCommandFlags.None,
-            _ => (NbdCommandFlags)ushort.MaxValue,
-        };
-        if (allowed == (NbdCommandFlags)ushort.MaxValue)
-        {
-            message = $"unknown command {(ushort)command}";
-            return NbdError.Invalid;
-        }
-        // FUA is accepted on every command: the spec notes that clients set it on commands that do not write.
-        allowed |= NbdCommandFlags.Fua;
-        if ((request.Flags & ~allowed) != 0)
-        {
-            message = $"flags 0x{(ushort)request.Flags:x4} are not valid for {command}";
-            return NbdError.Invalid;
-        }
-
-        bool writes = command is NbdCommand.Write or NbdCommand.Trim or NbdCommand.WriteZeroes;
-        if (writes && _export.IsReadOnly)
-        {
-            message = "the export is read-only";
-            return NbdError.Perm;
-        }
-        if (command == NbdCommand.BlockStatus && !_allocationContextSelected)
-        {
-            message = "no metadata context was selected with NBD_OPT_SET_META_CONTEXT";
-            return NbdError.Invalid;
-        }
-        bool fastZero = (request.Flags & NbdCommandFlags.FastZero) != 0;
-        // The maximum block size binds the commands that carry a payload (WRITE) or make one (READ), and CACHE,
-        // which loads what it covers. TRIM, WRITE_ZEROES and BLOCK_STATUS carry none: the device zeroes lblk by
-        // lblk without a buffer the size of the request, so they may span the whole export (nbdcopy zeroes a
-        // whole hole of its source with one WRITE_ZEROES, however long).
-        bool limited = command is NbdCommand.Read or NbdCommand.Write or NbdCommand.Cache;
-        if (limited && request.Length > NbdLimits.MaxRequestLength)
-        {
-            message = $"length {request.Length} exceeds the maximum block size {NbdLimits.MaxRequestLength}";
-            return NbdError.Invalid;
-        }
-        if (command == NbdCommand.Flush)
-        {
-            return NbdError.None;
-        }
-        if (request.Offset > _export.Size || request.Length > _export.Size - request.Offset)
-        {
-            message = $"range at offset {request.Offset} of length {request.Length} is beyond the export size {_export.Size}";
-            // "The server SHOULD return NBD_ENOSPC if it receives a write request including one or more sectors
-            // beyond the size of the device", and the same for write zeroes; NBD_EINVAL for everything else.
-            return command is NbdCommand.Write or NbdCommand.WriteZeroes ? NbdError.NoSpace : NbdError.Invalid;
-        }
-        if (command == NbdCommand.BlockStatus && request.Length == 0)
-        {
-            message = "block status of zero bytes";
-            return NbdError.Invalid;
-        }
-        if (fastZero && (request.Flags & NbdCommandFlags.NoHole) != 0)
-        {
-            // Zeroing without a hole stores allocated blocks, which costs as much as writing them: the spec
-            // then requires a quick NBD_ENOTSUP so that the client writes the zeroes itself.
-            message = "zeroing with NBD_CMD_FLAG_NO_HOLE is not faster than a write";
-            return NbdError.NotSupported;
-        }
-        return NbdError.None;
-    }
+        => RequestValidation.Validate(request, new TransmissionState(_export.Size, _export.IsReadOnly, _structuredReplies, _allocationContextSelected, _export.Device.CanProvision), out message);
 
     private NbdError MapException(in NbdRequest request, Exception ex)
     {
@@ -265,9 +254,13 @@ internal sealed partial class NbdConnection
     }
 
     /// <summary>
-    /// NBD_CMD_READ. With structured replies, zero runs found by the device's block status go out as
-    /// NBD_REPLY_TYPE_OFFSET_HOLE chunks and the rest as NBD_REPLY_TYPE_OFFSET_DATA; everything is read before
-    /// the first chunk is sent, so no error can follow a chunk and the last chunk carries NBD_REPLY_FLAG_DONE.
+    /// NBD_CMD_READ, through one buffer of at most a piece. A request of up to a piece is read whole before
+    /// anything is sent, so its failure is a plain error reply. With structured replies the data goes out piece
+    /// after piece, zero runs found in it as NBD_REPLY_TYPE_OFFSET_HOLE chunks and the rest as
+    /// NBD_REPLY_TYPE_OFFSET_DATA, other replies free to come between pieces; the last chunk carries
+    /// NBD_REPLY_FLAG_DONE, and a piece that fails after others went out ends the reply with an error chunk,
+    /// which fails the whole read. A simple reply, or one chunk under NBD_CMD_FLAG_DF, is streamed instead
+    /// (<see cref="StreamReadAsync"/>).
     /// </summary>
     private async ValueTask ReadAsync(NbdRequest request)
     {
@@ -287,46 +280,116 @@ internal sealed partial class NbdConnection
             return;
         }
 
-        byte[] buffer = ArrayPool<byte>.Shared.Rent(length);
+        // Rented before the send lock is ever taken: waiting for budget while holding the lock could wait on
+        // replies of this very connection, which need the lock to return their buffers.
+        int pieceSize = Math.Min(length, _pool.PieceSize);
+        PayloadBuffer buffer = await _pool.RentAsync(pieceSize, _abort.Token).ConfigureAwait(false);
         ReadRun[]? runs = null;
         try
         {
-            // One device call for the whole range. With structured replies, the lblks that read as zeros are
-            // then sent as hole chunks: finding them in the data costs less than asking the device first.
-            await device.ReadAsync(offset, buffer.AsMemory(0, length), _abort.Token).ConfigureAwait(false);
-            int runCount = 1;
-            if (_structuredReplies && (request.Flags & NbdCommandFlags.DontFragment) == 0)
+            // One device call per piece. With structured replies, the lblks that read as zeros are then sent as
+            // hole chunks: finding them in the data costs less than asking the device first.
+            await device.ReadAsync(offset, buffer.Memory[..pieceSize], _abort.Token).ConfigureAwait(false);
+            if (!_structuredReplies || (request.Flags & NbdCommandFlags.DontFragment) != 0)
             {
-                runs = ArrayPool<ReadRun>.Shared.Rent(length / device.BlockSize + 2);
-                runCount = BuildReadRuns(buffer.AsSpan(0, length), offset, device.BlockSize, runs);
+                await StreamReadAsync(request, buffer.Memory[..pieceSize]).ConfigureAwait(false);
+                return;
             }
-
-            if (!_structuredReplies)
+            runs = ArrayPool<ReadRun>.Shared.Rent(pieceSize / device.BlockSize + 2);
+            for (int done = 0; done < length && !_broken;)
             {
-                await SendGuardedAsync((request.Handle, buffer, length), static async (c, s) =>
+                Memory<byte> data = buffer.Memory[..Math.Min(length - done, pieceSize)];
+                if (done > 0)
                 {
-                    SimpleReplyHeader.Write(c._sendScratch, NbdError.None, s.Handle);
-                    await c.SendLockedAsync(new(c._sendScratch, 0, SimpleReplyHeader.Size), new(s.buffer, 0, s.length)).ConfigureAwait(false);
-                }).ConfigureAwait(false);
-            }
-            else if (runs is null)
-            {
-                runs = ArrayPool<ReadRun>.Shared.Rent(1);
-                runs[0] = new ReadRun(0, length, false);
-                await SendReadChunksAsync(request.Handle, request.Offset, buffer, runs, 1).ConfigureAwait(false);
-            }
-            else
-            {
-                await SendReadChunksAsync(request.Handle, request.Offset, buffer, runs, runCount).ConfigureAwait(false);
+                    await device.ReadAsync(offset + done, data, _abort.Token).ConfigureAwait(false);
+                }
+                int runCount = BuildReadRuns(data.Span, offset + done, device.BlockSize, runs);
+                bool last = done + data.Length == length;
+                await SendReadChunksAsync(request.Handle, request.Offset + (ulong)done, data, runs, runCount, last).ConfigureAwait(false);
+                done += data.Length;
             }
         }
         finally
         {
-            ArrayPool<byte>.Shared.Return(buffer);
+            _pool.Return(buffer);
             if (runs is not null)
             {
                 ArrayPool<ReadRun>.Shared.Return(runs);
             }
+        }
+    }
+
+    /// <summary>
+    /// Sends a reply whose one header announces all the request's bytes (a simple reply, or a single
+    /// NBD_REPLY_TYPE_OFFSET_DATA chunk under NBD_CMD_FLAG_DF), then the data piece by piece through
+    /// <paramref name="piece"/>, which holds the first piece already read. The send lock is held throughout, as
+    /// nothing may come between. A piece that fails after the header went out cannot be reported: the header
+    /// promised its bytes, and the client would take whatever came next for data. Closing the connection is the
+    /// only honest answer, and the client then fails the read.
+    /// </summary>
+    private async ValueTask StreamReadAsync(NbdRequest request, Memory<byte> piece)
+    {
+        if (_broken)
+        {
+            return;
+        }
+        try
+        {
+            await _sendLock.WaitAsync(_abort.Token).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException)
+        {
+            MarkBroken();
+            return;
+        }
+        int length = (int)request.Length;
+        long offset = (long)request.Offset;
+        try
+        {
+            if (_broken)
+            {
+                return;
+            }
+            int headerLength;
+            if (_structuredReplies)
+            {
+                StructuredReplyHeader.Write(_sendScratch, NbdReplyFlags.Done, NbdReplyType.OffsetData, request.Handle,
+                    (uint)(ChunkPayload.OffsetDataPrefixSize + length));
+                ChunkPayload.WriteOffsetDataPrefix(_sendScratch.AsSpan(StructuredReplyHeader.Size), request.Offset);
+                headerLength = StructuredReplyHeader.Size + ChunkPayload.OffsetDataPrefixSize;
+            }
+            else
+            {
+                SimpleReplyHeader.Write(_sendScratch, NbdError.None, request.Handle);
+                headerLength = SimpleReplyHeader.Size;
+            }
+            await SendLockedAsync(new(_sendScratch, 0, headerLength), piece).ConfigureAwait(false);
+            for (int done = piece.Length; done < length;)
+            {
+                Memory<byte> data = piece[..Math.Min(length - done, piece.Length)];
+                try
+                {
+                    await _export.Device.ReadAsync(offset + done, data, _abort.Token).ConfigureAwait(false);
+                }
+                catch (Exception ex)
+                {
+                    Log($"{_peer}: READ at {offset} length {length} failed at {offset + done}, after its reply header was sent; closing the connection: {ex.Message}");
+                    MarkBroken();
+                    Close();
+                    return;
+                }
+                await SendAllAsync(data).ConfigureAwait(false);
+                done += data.Length;
+            }
+        }
+        catch (Exception ex) when (IsConnectionEnd(ex))
+        {
+            Log($"{_peer}: sending a reply failed, closing the connection: {ex.Message}");
+            MarkBroken();
+        }
+        finally
+        {
+            _sendLock.Release();
         }
     }
 
@@ -356,8 +419,9 @@ internal sealed partial class NbdConnection
         return count;
     }
 
-    private ValueTask SendReadChunksAsync(ulong handle, ulong offset, byte[] data, ReadRun[] runs, int runCount)
-        => SendGuardedAsync((handle, offset, data, runs, runCount), static async (c, s) =>
+    /// <summary>Sends the chunks of one piece of a READ; the last one carries NBD_REPLY_FLAG_DONE when <paramref name="last"/>.</summary>
+    private ValueTask SendReadChunksAsync(ulong handle, ulong offset, ReadOnlyMemory<byte> data, ReadRun[] runs, int runCount, bool last)
+        => SendGuardedAsync((handle, offset, data, runs, runCount, last), static async (c, s) =>
         {
             // Small chunk headers (and whole hole chunks) gather in the scratch buffer and go out with the next
             // data run, so a reply costs about one send per data run.
@@ -366,7 +430,7 @@ internal sealed partial class NbdConnection
             for (int i = 0; i < s.runCount; i++)
             {
                 ReadRun run = s.runs[i];
-                NbdReplyFlags flags = i == s.runCount - 1 ? NbdReplyFlags.Done : NbdReplyFlags.None;
+                NbdReplyFlags flags = s.last && i == s.runCount - 1 ? NbdReplyFlags.Done : NbdReplyFlags.None;
                 ulong runOffset = s.offset + (ulong)run.Start;
                 int needed = StructuredReplyHeader.Size + (run.IsZero ? ChunkPayload.OffsetHoleSize : ChunkPayload.OffsetDataPrefixSize);
                 if (pending + needed > scratch.Length)
@@ -388,7 +452,7 @@ internal sealed partial class NbdConnection
                     pending += StructuredReplyHeader.Size;
                     ChunkPayload.WriteOffsetDataPrefix(scratch.AsSpan(pending), runOffset);
                     pending += ChunkPayload.OffsetDataPrefixSize;
-                    await c.SendLockedAsync(new(scratch, 0, pending), new(s.data, run.Start, run.Length)).ConfigureAwait(false);
+                    await c.SendLockedAsync(new(scratch, 0, pending), s.data.Slice(run.Start, run.Length)).ConfigureAwait(false);
                     pending = 0;
                 }
             }

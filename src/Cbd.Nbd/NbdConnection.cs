@@ -1,5 +1,6 @@
 using System.Buffers;
 using System.Net.Sockets;
+using System.Runtime.InteropServices;
 using Cbd.Nbd.Protocol;
 
 namespace Cbd.Nbd;
@@ -25,6 +26,7 @@ internal sealed partial class NbdConnection
     private readonly Stream _input;
     private readonly SemaphoreSlim _sendLock = new(1, 1);
     private readonly InFlightLimiter _limiter;
+    private readonly PayloadPool _pool;
 
     /// <summary>Cancelled to stop reading: on server shutdown or once a send has failed.</summary>
     private readonly CancellationTokenSource _stopReading = new();
@@ -38,7 +40,7 @@ internal sealed partial class NbdConnection
 
     private volatile bool _broken;
 
-    public NbdConnection(Socket socket, NbdExport export, NbdServerOptions options, PayloadBudget payloadBudget)
+    public NbdConnection(Socket socket, NbdExport export, NbdServerOptions options, PayloadPool pool)
     {
         _socket = socket;
         _export = export;
@@ -47,7 +49,8 @@ internal sealed partial class NbdConnection
         // Reads go through a buffer so that small requests cost one receive call for many; replies are
         // sent straight on the socket. A socket may be read by one thread and written by another at once.
         _input = new BufferedStream(new NetworkStream(socket, ownsSocket: false), ReceiveBufferSize);
-        _limiter = new InFlightLimiter(options.MaxInFlightRequests, options.MaxInFlightBytes, payloadBudget);
+        _pool = pool;
+        _limiter = new InFlightLimiter(options.MaxInFlightRequests, options.MaxInFlightBytes);
     }
 
     /// <summary>Serves the connection until the client leaves, breaks the protocol, or the server stops.</summary>
@@ -56,7 +59,7 @@ internal sealed partial class NbdConnection
         CancellationToken stop = _stopReading.Token;
         try
         {
-            if (await NegotiateAsync(stop).ConfigureAwait(false))
+            if (await NegotiateWithinTimeoutAsync(stop).ConfigureAwait(false))
             {
                 await TransmitAsync(stop).ConfigureAwait(false);
             }
@@ -83,6 +86,35 @@ internal sealed partial class NbdConnection
         {
         }
         Close();
+    }
+
+    /// <summary>
+    /// Runs the handshake within <see cref="NbdServerOptions.HandshakeTimeout"/>. When it runs out the socket is
+    /// closed, which also ends a send blocked on a client that does not read its option replies.
+    /// </summary>
+    private async Task<bool> NegotiateWithinTimeoutAsync(CancellationToken stop)
+    {
+        using var handshake = CancellationTokenSource.CreateLinkedTokenSource(stop);
+        handshake.CancelAfter(_options.HandshakeTimeout);
+        bool timedOut() => handshake.IsCancellationRequested && !stop.IsCancellationRequested;
+        bool transmit;
+        using (handshake.Token.Register(static state => ((NbdConnection)state!).Close(), this))
+        {
+            try
+            {
+                transmit = await NegotiateAsync(handshake.Token).ConfigureAwait(false);
+            }
+            catch (Exception ex) when (IsConnectionEnd(ex) && timedOut())
+            {
+                transmit = false;
+            }
+        }
+        if (timedOut())
+        {
+            Log($"{_peer}: handshake not finished within {_options.HandshakeTimeout.TotalSeconds:0.###} s, closing");
+            return false;
+        }
+        return transmit;
     }
 
     /// <summary>Stops reading new requests; the ones in flight finish and <see cref="RunAsync"/> then returns.</summary>
@@ -152,24 +184,34 @@ internal sealed partial class NbdConnection
         }
     }
 
-    /// <summary>Sends <paramref name="first"/> then <paramref name="second"/> in one gather write; the caller holds <see cref="_sendLock"/>.</summary>
-    private async ValueTask SendLockedAsync(ArraySegment<byte> first, ArraySegment<byte> second = default)
+    /// <summary>
+    /// Sends <paramref name="first"/> then <paramref name="second"/>, in one gather write when the second is an
+    /// array (a small payload); the caller holds <see cref="_sendLock"/>.
+    /// </summary>
+    private async ValueTask SendLockedAsync(ArraySegment<byte> first, ReadOnlyMemory<byte> second = default)
     {
-        if (second.Count == 0)
+        if (second.IsEmpty)
         {
             await SendAllAsync(first).ConfigureAwait(false);
             return;
         }
+        if (!MemoryMarshal.TryGetArray(second, out ArraySegment<byte> secondArray))
+        {
+            // A mapped piece of at least 128 KiB: one more send call is nothing beside it.
+            await SendAllAsync(first).ConfigureAwait(false);
+            await SendAllAsync(second).ConfigureAwait(false);
+            return;
+        }
         _sendSegments.Clear();
         _sendSegments.Add(first);
-        _sendSegments.Add(second);
+        _sendSegments.Add(secondArray);
         int sent = await _socket.SendAsync(_sendSegments, SocketFlags.None).ConfigureAwait(false);
         if (sent < first.Count)
         {
             await SendAllAsync(first[sent..]).ConfigureAwait(false);
             sent = first.Count;
         }
-        await SendAllAsync(second[(sent - first.Count)..]).ConfigureAwait(false);
+        await SendAllAsync(secondArray[(sent - first.Count)..]).ConfigureAwait(false);
     }
 
     private async ValueTask SendAllAsync(ReadOnlyMemory<byte> data)

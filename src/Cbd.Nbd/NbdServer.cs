@@ -1,5 +1,6 @@
 using System.Net;
 using System.Net.Sockets;
+using System.Numerics;
 using Cbd.Core.Engine;
 
 namespace Cbd.Nbd;
@@ -16,11 +17,13 @@ public sealed class NbdServer : IAsyncDisposable
 {
     private readonly NbdExport _export;
     private readonly NbdServerOptions _options;
-    private readonly PayloadBudget _payloadBudget;
+    private readonly PayloadPool _payloadPool;
     private readonly Lock _lock = new();
     private readonly List<Listener> _listeners = [];
     private readonly Dictionary<NbdConnection, Task> _connections = [];
     private bool _stopping;
+    private long _refusedSinceLog;
+    private long _lastRefusalLog = Environment.TickCount64 - 1000;
 
     private sealed record Listener(Socket Socket, EndPoint EndPoint, string? SocketPath, Task AcceptLoop);
 
@@ -29,19 +32,46 @@ public sealed class NbdServer : IAsyncDisposable
     /// <param name="readOnly">Refuse writes even when the device is writable.</param>
     /// <param name="description">Shown to clients that ask (NBD_INFO_DESCRIPTION, NBD_OPT_LIST).</param>
     /// <param name="options">Limits; null for the defaults.</param>
-    /// <exception cref="ArgumentException">A name or description that is not a valid NBD string (NUL, over 4096 bytes).</exception>
+    /// <exception cref="ArgumentException">A name or description that is not a valid NBD string (NUL, over 4096 bytes);
+    /// a limit in <paramref name="options"/> that is not positive, or a server budget under 64 KiB.</exception>
     public NbdServer(IBlockDevice device, string exportName = "", bool readOnly = false, string? description = null, NbdServerOptions? options = null)
     {
         _export = new NbdExport(device, exportName, readOnly, description);
         _options = options ?? new NbdServerOptions();
-        if (_options.MaxInFlightRequests < 1 || _options.MaxInFlightBytes < 1 || _options.MaxServerInFlightBytes < 1)
+        if (_options.MaxInFlightRequests < 1 || _options.MaxInFlightBytes < 1 || _options.MaxConnections < 1)
         {
-            ThrowHelper.ThrowArgument(nameof(options), "In-flight limits must be positive.");
+            ThrowHelper.ThrowArgument(nameof(options), "In-flight and connection limits must be positive.");
         }
-        _payloadBudget = new PayloadBudget(_options.MaxServerInFlightBytes);
+        if (_options.MaxServerInFlightBytes < PayloadPool.MinPieceSize)
+        {
+            ThrowHelper.ThrowArgument(nameof(options), $"The server's payload budget must be at least {PayloadPool.MinPieceSize} bytes; got {_options.MaxServerInFlightBytes}.");
+        }
+        if (_options.HandshakeTimeout <= TimeSpan.Zero && _options.HandshakeTimeout != Timeout.InfiniteTimeSpan)
+        {
+            ThrowHelper.ThrowArgument(nameof(options), "The handshake timeout must be positive.");
+        }
+        // One piece per connection fits in the budget, so connections stalled halfway through a request, each
+        // holding its piece, still leave one to every other connection.
+        long share = Math.Clamp(_options.MaxServerInFlightBytes / _options.MaxConnections, PayloadPool.MinPieceSize, PayloadPool.MaxPieceSize);
+        _payloadPool = new PayloadPool(_options.MaxServerInFlightBytes, 1 << BitOperations.Log2((ulong)share));
     }
 
     public string ExportName => _export.Name;
+
+    /// <summary>Connections being served now.</summary>
+    internal int ConnectionCount
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _connections.Count;
+            }
+        }
+    }
+
+    /// <summary>The payload buffers of every connection (its counters are what tests check the budget with).</summary>
+    internal PayloadPool PayloadPool => _payloadPool;
 
     /// <summary>True when clients see a read-only export (asked for, or the device is read-only).</summary>
     public bool IsReadOnly => _export.IsReadOnly;
@@ -147,6 +177,7 @@ public sealed class NbdServer : IAsyncDisposable
         try
         {
             await all.WaitAsync(_options.ShutdownTimeout, cancellationToken).ConfigureAwait(false);
+            _payloadPool.Dispose();
             return;
         }
         catch (Exception ex) when (ex is TimeoutException or OperationCanceledException)
@@ -159,6 +190,10 @@ public sealed class NbdServer : IAsyncDisposable
         }
         // Aborted device calls end promptly when they honour cancellation; the wait stays bounded if not.
         await Task.WhenAny(all, Task.Delay(_options.ShutdownTimeout, CancellationToken.None)).ConfigureAwait(false);
+        if (all.IsCompleted)
+        {
+            _payloadPool.Dispose();
+        }
     }
 
     public async ValueTask DisposeAsync() => await StopAsync().ConfigureAwait(false);
@@ -190,8 +225,8 @@ public sealed class NbdServer : IAsyncDisposable
                 // The spec asks both ends to disable Nagle: replies are small and latency-bound.
                 client.NoDelay = true;
             }
-            var connection = new NbdConnection(client, _export, _options, _payloadBudget);
             var started = new TaskCompletionSource();
+            NbdConnection connection;
             Task run;
             lock (_lock)
             {
@@ -200,6 +235,14 @@ public sealed class NbdServer : IAsyncDisposable
                     client.Dispose();
                     continue;
                 }
+                if (_connections.Count >= _options.MaxConnections)
+                {
+                    // Closed at once rather than queued: a queue would hold what the limit is there to bound.
+                    client.Dispose();
+                    LogRefusalLocked();
+                    continue;
+                }
+                connection = new NbdConnection(client, _export, _options, _payloadPool);
                 // The connection starts only once it is registered, so that StopAsync, which takes the same
                 // lock, either sees it and shuts it down or has already closed the listener it came from.
                 run = RunConnectionAsync(connection, started.Task);
@@ -207,6 +250,22 @@ public sealed class NbdServer : IAsyncDisposable
             }
             started.SetResult();
         }
+    }
+
+    /// <summary>One line a second at most, counting the connections refused since the last, however hard clients hammer.</summary>
+    private void LogRefusalLocked()
+    {
+        _refusedSinceLog++;
+        long now = Environment.TickCount64;
+        if (now - _lastRefusalLog < 1000)
+        {
+            return;
+        }
+        _options.Log?.Invoke(_refusedSinceLog == 1
+            ? $"connection refused: already serving the maximum of {_options.MaxConnections} connections"
+            : $"{_refusedSinceLog} connections refused: already serving the maximum of {_options.MaxConnections} connections");
+        _refusedSinceLog = 0;
+        _lastRefusalLog = now;
     }
 
     private async Task RunConnectionAsync(NbdConnection connection, Task registered)

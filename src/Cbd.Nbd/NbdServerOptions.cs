@@ -10,17 +10,38 @@ public sealed record NbdServerOptions
     public int MaxInFlightRequests { get; init; } = 64;
 
     /// <summary>
-    /// Payload bytes (WRITE data received, READ data to send) of one connection held in memory at once.
-    /// A single request is always admitted when nothing else is in flight, so this never blocks a request of
-    /// up to <see cref="Protocol.NbdLimits.MaxRequestLength"/>.
+    /// Payload bytes (WRITE data received, READ data to send) of one connection's requests in flight at once;
+    /// a request larger than a piece counts as one piece, since it is received or sent piece by piece. A single
+    /// request is always admitted when nothing else is in flight.
     /// </summary>
     public long MaxInFlightBytes { get; init; } = 8L << 20;
 
     /// <summary>
-    /// Payload bytes of all connections together held in memory at once, so that the server's memory does
-    /// not grow with the number of clients. A connection with nothing in flight may still take one request.
+    /// Payload bytes of all connections together held in memory at once, buffers kept for reuse included, so
+    /// that the server's memory does not grow with the number of clients or the size of their requests.
+    /// Requests larger than a piece (this divided by <see cref="MaxConnections"/>, a power of two from 64 KiB
+    /// to 1 MiB; 256 KiB by default) are received and sent piece by piece, so none ever needs more than one
+    /// piece at once; and as every connection fits one piece in the budget, clients that stall halfway
+    /// through a request cannot take all of it from the others.
     /// </summary>
     public long MaxServerInFlightBytes { get; init; } = 16L << 20;
+
+    /// <summary>
+    /// Connections served at once; one more is closed as soon as it is accepted (and logged, at most once a
+    /// second). 64 is the order of qemu-nbd's and nbdkit's defaults, far above what one image's clients use
+    /// (nbdcopy opens 4, the kernel one per queue), and it bounds what idle or stalled connections can
+    /// hold: each keeps a 64 KiB receive buffer and, mid-request, one payload piece.
+    /// </summary>
+    public int MaxConnections { get; init; } = 64;
+
+    /// <summary>
+    /// Time a client has from connecting to the end of option haggling (NBD_OPT_GO or NBD_OPT_EXPORT_NAME);
+    /// a connection still negotiating then is closed, with one log line. Real clients need milliseconds;
+    /// this frees the connection slots that silent or dribbling clients would otherwise hold for ever. There
+    /// is no idle timeout after the handshake: nbdfuse and the kernel keep healthy connections idle for hours.
+    /// <see cref="Timeout.InfiniteTimeSpan"/> disables it.
+    /// </summary>
+    public TimeSpan HandshakeTimeout { get; init; } = TimeSpan.FromSeconds(10);
 
     /// <summary>
     /// How long <see cref="NbdServer.StopAsync"/> lets in-flight requests finish before it cancels the

@@ -64,6 +64,35 @@ public sealed class RawNbdClient : IAsyncDisposable
 
     public async Task SendAsync(ReadOnlyMemory<byte> data) => await _stream.WriteAsync(data);
 
+    /// <summary>Ends the client's sending side: the server reads the end of the stream.</summary>
+    public void ShutdownSend() => _socket.Shutdown(SocketShutdown.Send);
+
+    /// <summary>Reads and drops everything until the server closes; fails if it has not within <paramref name="timeout"/>.</summary>
+    /// <returns>The bytes read.</returns>
+    public async Task<long> ReadToEndAsync(TimeSpan timeout)
+    {
+        byte[] buffer = new byte[64 << 10];
+        using var cts = new CancellationTokenSource(timeout);
+        long total = 0;
+        try
+        {
+            int read;
+            while ((read = await _stream.ReadAsync(buffer, cts.Token)) > 0)
+            {
+                total += read;
+            }
+        }
+        catch (IOException)
+        {
+            // A reset is a close too.
+        }
+        catch (OperationCanceledException)
+        {
+            Assert.Fail($"the server did not close the connection within {timeout.TotalSeconds} s ({total} bytes read)");
+        }
+        return total;
+    }
+
     /// <summary>True when the server closed the connection (end of stream or reset) within the timeout.</summary>
     public async Task<bool> IsClosedByServerAsync()
     {

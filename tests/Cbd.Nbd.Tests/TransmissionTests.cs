@@ -460,57 +460,38 @@ public sealed class TransmissionTests
     }
 
     [Fact]
-    public async Task InFlightBytes_AreCappedAcrossConnections_ButEachConnectionMayTakeOneRequest()
+    public async Task InFlightBytes_AreCappedAcrossConnections_AndWaitersGoOnOnceBudgetIsReturned()
     {
         var gate = new WriteGate();
-        // Each connection alone could hold 8 writes; the server as a whole holds 4 blocks' worth.
+        // Each connection alone could hold 64 writes; the server as a whole holds 16 blocks' worth.
+        const int Budget = 16 * BlockSize;
         ServerHarness harness = await ServerHarness.StartAsync(gate.CreateDevice(), options: new NbdServerOptions
         {
-            MaxInFlightBytes = 8 * BlockSize,
-            MaxServerInFlightBytes = 4 * BlockSize,
+            MaxInFlightBytes = 64 * BlockSize,
+            MaxServerInFlightBytes = Budget,
         });
         await using var _ = harness;
-        var clients = new List<RawNbdClient>();
-        try
+        await using RawNbdClient first = await harness.ConnectAsync();
+        await using RawNbdClient second = await harness.ConnectAsync();
+        await first.HandshakeAsync(structured: false);
+        await second.HandshakeAsync(structured: false);
+        for (ulong h = 0; h < 20; h++)
         {
-            for (int c = 0; c < 3; c++)
-            {
-                RawNbdClient client = await harness.ConnectAsync();
-                clients.Add(client);
-                await client.HandshakeAsync(structured: false);
-            }
-            // The first client fills the server's budget; the other two still get one request each.
-            for (ulong h = 0; h < 6; h++)
-            {
-                await clients[0].SendRequestAsync(CmdWrite, h, h * BlockSize, BlockSize, 0, new byte[BlockSize]);
-            }
-            await WaitForPeakAsync(() => gate.Peak, 4);
-            for (int c = 1; c < 3; c++)
-            {
-                for (ulong h = 0; h < 3; h++)
-                {
-                    await clients[c].SendRequestAsync(CmdWrite, h, (ulong)(8 + 4 * c) * BlockSize + h * BlockSize, BlockSize, 0, new byte[BlockSize]);
-                }
-            }
-            await WaitForPeakAsync(() => gate.Peak, 6);
-            Assert.Equal(6, gate.Peak);
+            await first.SendRequestAsync(CmdWrite, h, h * BlockSize, BlockSize, 0, new byte[BlockSize]);
+        }
+        await second.SendRequestAsync(CmdWrite, 99, 40 * BlockSize, BlockSize, 0, new byte[BlockSize]);
+        await WaitForPeakAsync(() => gate.Peak, 16);
+        Assert.Equal(16, gate.Peak);
+        Assert.Equal(Budget, harness.Server.PayloadPool.PeakRentedBytes);
 
-            gate.Open();
-            for (int c = 0; c < 3; c++)
-            {
-                for (int i = 0; i < (c == 0 ? 6 : 3); i++)
-                {
-                    Assert.Equal(0u, (await clients[c].ReadReplyAsync()).Error);
-                }
-            }
-        }
-        finally
+        gate.Open();
+        for (int i = 0; i < 20; i++)
         {
-            foreach (RawNbdClient client in clients)
-            {
-                await client.DisposeAsync();
-            }
+            Assert.Equal(0u, (await first.ReadReplyAsync()).Error);
         }
+        RawNbdClient.Reply reply = await second.ReadReplyAsync();
+        Assert.Equal((99ul, 0u), (reply.Handle, reply.Error));
+        Assert.Equal(Budget, harness.Server.PayloadPool.PeakRentedBytes);
     }
 
     /// <summary>Makes devices whose writes wait until <see cref="Open"/>, counting the most that waited at once.</summary>

@@ -57,6 +57,26 @@ public static class ServeCommand
         HelpName = "PATH",
     };
 
+    private static readonly Option<int> s_maxConnections = PositiveOption<int>("--max-connections",
+        "Connections served at once; more are closed as soon as they connect.", "N", new NbdServerOptions().MaxConnections);
+
+    private static readonly Option<double> s_handshakeTimeout = PositiveOption<double>("--handshake-timeout",
+        "Seconds a client has to finish option haggling before its connection is closed.", "SECONDS", new NbdServerOptions().HandshakeTimeout.TotalSeconds);
+
+    private static Option<T> PositiveOption<T>(string name, string description, string helpName, T defaultValue)
+        where T : struct, System.Numerics.INumber<T>
+    {
+        var option = new Option<T>(name) { Description = description, HelpName = helpName, DefaultValueFactory = _ => defaultValue };
+        option.Validators.Add(result =>
+        {
+            if (result.GetValueOrDefault<T>() <= T.Zero)
+            {
+                result.AddError($"{name} must be larger than 0.");
+            }
+        });
+        return option;
+    }
+
     private static readonly Option<bool> s_create = new("--create") { Description = "Create and format IMAGE, which must not exist yet (needs --size)." };
 
     private static readonly Option<long?> s_size = CliOptions.Size("--size",
@@ -68,6 +88,7 @@ public static class ServeCommand
             "Exit codes: 0 after a clean shutdown (SIGINT or SIGTERM); 1 the image could not be opened or served, or not closed clean; 2 the command line was not understood.")
         {
             s_image, s_socket, s_listen, s_name, s_readOnly, s_cache, s_flushDelay, s_pidFile, s_create, s_size,
+            s_maxConnections, s_handshakeTimeout,
         };
         command.Validators.Add(result =>
         {
@@ -137,7 +158,12 @@ public static class ServeCommand
 
         using var shutdown = new ShutdownSignal();
         var server = new NbdServer(device, name, readOnly, $"cbd image {Path.GetFileName(image)}",
-            new NbdServerOptions { Log = line => Console.Error.WriteLine($"cbd: {line}") });
+            new NbdServerOptions
+            {
+                MaxConnections = parse.GetValue(s_maxConnections),
+                HandshakeTimeout = TimeSpan.FromSeconds(parse.GetValue(s_handshakeTimeout)),
+                Log = line => Console.Error.WriteLine($"cbd: {line}"),
+            });
         int exitCode = 0;
         bool pidWritten = false;
         try
