@@ -549,9 +549,11 @@ public sealed partial class CompressedDevice : IBlockDevice
         {
             if (_alloc.TryReserve(count))
                 return count;
-            // While the device is backed the space exists and comes free as the checkpoints commit; only
-            // rewrites running alongside can hold it, so a write keeps waiting for them rather than fail.
-            if (attempt >= 2 && (attempt == MaxReserveAttemptsWhileBacked || !IsBacked()))
+            // While the device backs the lblks allocated (SpacePromise), the space exists: only writes running
+            // alongside can hold it, as reservations that come free as their checkpoints commit, so a write
+            // waits for them rather than fail. It gives up when nothing is reserved, and waiting cannot help.
+            // (Dirty lblks are not counted here: rewrites of allocated ones would count twice.)
+            if (attempt >= 2 && (!_space.Backs(Interlocked.Read(ref _lblksUsed)) || _alloc.Reserved == 0))
                 return 0;
             // Write-back releases reservations beyond what compression needed and frees replaced pblks.
             await CheckpointAsync(Interlocked.Read(ref _checkpointsStarted), cancellationToken).ConfigureAwait(false);
@@ -971,8 +973,6 @@ public sealed partial class CompressedDevice : IBlockDevice
     }
 
     // ---- status ----
-
-    private const int MaxReserveAttemptsWhileBacked = 16;
 
     /// <summary>
     /// True while every lblk holding data could be rewritten uncompressed (<see cref="SpacePromise"/>). An lblk

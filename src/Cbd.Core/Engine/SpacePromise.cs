@@ -14,7 +14,9 @@ namespace Cbd.Core.Engine;
 /// left for the rewrites in flight: <c>(lblks with data + headroom) × n &lt;= data pblks</c>. While that holds
 /// the device is backed; past it (a thin device holding more data than its pblks could store uncompressed)
 /// any write may fail, and block status reports data as a hole. The headroom is one lblk per write-back
-/// thread plus the one being rewritten: after a checkpoint, that much is free whatever every other lblk holds.
+/// thread plus the one being rewritten: once the checkpoints before have committed, that much is free
+/// whatever every other lblk holds, less what concurrent writes reserved, and a write waits for those
+/// to be written back rather than fail.
 /// <para>
 /// Backing is a state of the whole device, which a write into a hole can end. A promise for a range that
 /// nothing written elsewhere, nor a restart, can break would need a reservation kept per lblk, and the

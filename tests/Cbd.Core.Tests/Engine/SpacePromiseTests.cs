@@ -79,6 +79,29 @@ public class SpacePromiseTests
         }
     }
 
+    [Fact]
+    public async Task Concurrent_incompressible_rewrites_of_every_extent_reported_allocated_never_fail_for_space()
+    {
+        var store = await DeviceTestKit.FormatAsync(8 * MiB);
+        await using var device = await DeviceTestKit.OpenAsync(store, s_options with { WriteBackParallelism = 2 });
+        long backed = device.Space.MaxBackedLblks;
+        await device.WriteAsync(0, DeviceTestKit.Compressible((int)backed * Lblk, 8));
+        await device.FlushAsync();
+        var extents = await device.GetBlockStatusAsync(0, device.Size);
+        Assert.Equal(new BlockExtent(backed * Lblk, false, false), extents[0]);
+
+        // Eight writers, each over every lblk in its own order, so that they compete for the last free pblks.
+        await Parallel.ForAsync(0, 8, async (writer, _) =>
+        {
+            var order = Enumerable.Range(0, (int)backed).OrderBy(i => (i * 7919 + writer * 104729) % backed).ToArray();
+            foreach (int lblk in order)
+                await device.WriteAsync((long)lblk * Lblk, DeviceTestKit.Random(Lblk, writer * 1000 + lblk));
+        });
+        await device.FlushAsync();
+        // Every lblk is now stored uncompressed.
+        Assert.Equal(backed * device.Space.PblksPerLblk, device.GetStats().PblksUsed);
+    }
+
     [Theory]
     [InlineData(true)]
     [InlineData(false)]
