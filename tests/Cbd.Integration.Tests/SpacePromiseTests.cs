@@ -101,7 +101,7 @@ public sealed class SpacePromiseTests(ITestOutputHelper output)
             await thin.StopAsync();
         }
 
-        // A logical size the data pblks store uncompressed, with headroom: every lblk is backed.
+        // A logical size the data pblks store uncompressed, with an lblk to spare: every lblk is backed.
         string image = scratch.File("backed.cbd");
         await ExternalTool.RunAsync(CbdServer.Executable, ["format", image, "--size", "16M", "--logical-size", "12M"]);
         await using CbdServer backed = await CbdServer.StartAsync(image, scratch.File("backed.sock"));
