@@ -59,6 +59,13 @@ public sealed class SpacePromiseTests(ITestOutputHelper output)
         Assert.Equal(rawHash, HostFiles.HashPrefix(converted, LogicalSize));
         await AssertSparseAsync(converted);
 
+        // Also through a qcow2 overlay whose backing file is the export: what the overlay does not hold is read from it.
+        string overlay = scratch.File("overlay.qcow2");
+        await ExternalTool.RunAsync("qemu-img", ["create", "-f", "qcow2", "-b", server.Uri, "-F", "raw", overlay]);
+        string flattened = scratch.File("flattened.img");
+        await ExternalTool.RunAsync("qemu-img", ["convert", "-O", "raw", overlay, flattened]);
+        Assert.Equal(rawHash, HostFiles.HashPrefix(flattened, LogicalSize));
+
         ExternalTool.Result map = await ExternalTool.RunAsync("qemu-img", ["map", "--output=json", "-f", "raw", server.Uri]);
         output.WriteLine(map.StandardOutput);
         using JsonDocument json = JsonDocument.Parse(map.StandardOutput);
@@ -94,7 +101,7 @@ public sealed class SpacePromiseTests(ITestOutputHelper output)
             await thin.StopAsync();
         }
 
-        // A logical size the data pblks store uncompressed, with headroom: every lblk is backed.
+        // A logical size the data pblks store uncompressed, with an lblk to spare: every lblk is backed.
         string image = scratch.File("backed.cbd");
         await ExternalTool.RunAsync(CbdServer.Executable, ["format", image, "--size", "16M", "--logical-size", "12M"]);
         await using CbdServer backed = await CbdServer.StartAsync(image, scratch.File("backed.sock"));

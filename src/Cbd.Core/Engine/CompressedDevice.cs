@@ -82,7 +82,7 @@ public sealed partial class CompressedDevice : IBlockDevice
         _buffers = new LblkBufferPool(_lblkSize, _maxCached + 4 * _parallelism);
         _lbat = new LbatCache(geometry, store, maxCleanPages: 4096);
         _alloc = new Allocator(geometry, store, (long)header.PblkUsed, Log);
-        _space = new SpacePromise(geometry, headroomLblks: _parallelism + 1);
+        _space = new SpacePromise(geometry);
         _lblksUsed = (long)header.LblkUsed;
         _pblksUsed = (long)header.PblkUsed;
     }
@@ -565,10 +565,17 @@ public sealed partial class CompressedDevice : IBlockDevice
         {
             if (_alloc.TryReserve(count))
                 return count;
-            // While the device is backed the space exists and comes free as the checkpoints commit; only
-            // rewrites running alongside can hold it, so a write keeps waiting for them rather than fail.
-            if (attempt >= 2 && (attempt == MaxReserveAttemptsWhileBacked || !IsBacked()))
-                return 0;
+            if (attempt >= 2)
+            {
+                // While the device backs the lblks allocated (SpacePromise), the space exists: only writes running
+                // alongside can hold it, reserved or written back and not yet committed, and it comes free as
+                // their checkpoints commit, so a write waits for them rather than fail. With none left, one more
+                // try settles it. (Dirty lblks are not counted here: rewrites of allocated ones would count twice.)
+                bool othersHoldSpace = _alloc.Reserved > 0 ||
+                    Interlocked.Read(ref _checkpointsCompleted) != Interlocked.Read(ref _checkpointsStarted);
+                if (!othersHoldSpace || !_space.Backs(Interlocked.Read(ref _lblksUsed)))
+                    return _alloc.TryReserve(count) ? count : 0;
+            }
             // Write-back releases reservations beyond what compression needed and frees replaced pblks.
             await CheckpointAsync(Interlocked.Read(ref _checkpointsStarted), cancellationToken).ConfigureAwait(false);
         }
@@ -1020,8 +1027,6 @@ public sealed partial class CompressedDevice : IBlockDevice
     }
 
     // ---- status ----
-
-    private const int MaxReserveAttemptsWhileBacked = 16;
 
     /// <summary>
     /// True while every lblk holding data could be rewritten uncompressed (<see cref="SpacePromise"/>). An lblk

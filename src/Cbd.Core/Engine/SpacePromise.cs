@@ -10,11 +10,13 @@ namespace Cbd.Core.Engine;
 /// <remarks>
 /// A rewrite of an lblk may need n fresh pblks (n = pblks per lblk: its contents stored uncompressed) before
 /// write-back frees the old ones, and compression gives no smaller bound. A write to an lblk holding data
-/// therefore cannot fail for space only while every lblk holding data could be stored uncompressed with room
-/// left for the rewrites in flight: <c>(lblks with data + headroom) × n &lt;= data pblks</c>. While that holds
-/// the device is backed; past it (a thin device holding more data than its pblks could store uncompressed)
-/// any write may fail, and block status reports data as a hole. The headroom is one lblk per write-back
-/// thread plus the one being rewritten: after a checkpoint, that much is free whatever every other lblk holds.
+/// therefore cannot fail for space only while every lblk holding data could be stored uncompressed with one
+/// lblk to spare for the new copy: <c>(lblks with data + 1) × n &lt;= data pblks</c>. While that holds the
+/// device is backed; past it (a thin device holding more data than its pblks could store uncompressed) any
+/// write may fail, and block status reports data as a hole. Once no other write holds space (reserved, or
+/// written back and not yet committed), the spare lblk is free whatever every lblk holds; until then a
+/// write waits for their checkpoints rather than fail. The spare does not depend on the machine, so whether
+/// a device can provision does not either.
 /// <para>
 /// Backing is a state of the whole device, which a write into a hole can end. A promise for a range that
 /// nothing written elsewhere, nor a restart, can break would need a reservation kept per lblk, and the
@@ -24,16 +26,14 @@ namespace Cbd.Core.Engine;
 /// </remarks>
 internal sealed class SpacePromise
 {
-    public SpacePromise(Geometry geometry, int headroomLblks)
+    public SpacePromise(Geometry geometry)
     {
         PblksPerLblk = geometry.Alloc.PblksPerLblk;
-        HeadroomLblks = headroomLblks;
         TotalLblks = (long)geometry.NrLblks;
-        MaxBackedLblks = Math.Max(0, (long)(geometry.TotalDataPblks / (ulong)PblksPerLblk) - headroomLblks);
+        MaxBackedLblks = Math.Max(0, (long)(geometry.TotalDataPblks / (ulong)PblksPerLblk) - 1);
     }
 
     public int PblksPerLblk { get; }
-    public int HeadroomLblks { get; }
     public long TotalLblks { get; }
 
     /// <summary>The most lblks with data the device can hold and still rewrite each of them uncompressed.</summary>

@@ -12,7 +12,6 @@ public class SpacePromiseTests
     private const int Lblk = 64 * 1024;
     private const long MiB = 1 << 20;
 
-    // One write-back thread: the headroom is then two lblks.
     private static readonly DeviceOptions s_options = new()
     {
         CacheBytes = 1 * MiB,
@@ -79,6 +78,29 @@ public class SpacePromiseTests
         }
     }
 
+    [Fact]
+    public async Task Concurrent_incompressible_rewrites_of_every_extent_reported_allocated_never_fail_for_space()
+    {
+        var store = await DeviceTestKit.FormatAsync(8 * MiB);
+        await using var device = await DeviceTestKit.OpenAsync(store, s_options with { WriteBackParallelism = 2 });
+        long backed = device.Space.MaxBackedLblks;
+        await device.WriteAsync(0, DeviceTestKit.Compressible((int)backed * Lblk, 8));
+        await device.FlushAsync();
+        var extents = await device.GetBlockStatusAsync(0, device.Size);
+        Assert.Equal(new BlockExtent(backed * Lblk, false, false), extents[0]);
+
+        // Eight writers, each over every lblk in its own order, so that they compete for the last free pblks.
+        await Parallel.ForAsync(0, 8, async (writer, _) =>
+        {
+            var order = Enumerable.Range(0, (int)backed).OrderBy(i => (i * 7919 + writer * 104729) % backed).ToArray();
+            foreach (int lblk in order)
+                await device.WriteAsync((long)lblk * Lblk, DeviceTestKit.Random(Lblk, writer * 1000 + lblk));
+        });
+        await device.FlushAsync();
+        // Every lblk is now stored uncompressed.
+        Assert.Equal(backed * device.Space.PblksPerLblk, device.GetStats().PblksUsed);
+    }
+
     [Theory]
     [InlineData(true)]
     [InlineData(false)]
@@ -107,7 +129,7 @@ public class SpacePromiseTests
     [InlineData(false)]
     public async Task No_hole_zeroing_on_a_fully_backed_device_keeps_the_range_writable_after_the_rest_is_filled_and_a_restart(bool zeroDetect)
     {
-        // The logical size fits the data pblks stored uncompressed, with the headroom to spare.
+        // The logical size fits the data pblks stored uncompressed, with an lblk to spare.
         var store = await DeviceTestKit.FormatAsync(8 * MiB, new FormatOptions { ZeroDetect = zeroDetect, LogicalSize = 7 * MiB });
         await using (var device = await DeviceTestKit.OpenAsync(store, s_options))
         {
@@ -133,13 +155,13 @@ public class SpacePromiseTests
     }
 
     [Fact]
-    public async Task A_device_can_provision_exactly_when_its_data_pblks_store_every_lblk_uncompressed_with_the_headroom()
+    public async Task A_device_can_provision_exactly_when_its_data_pblks_store_every_lblk_uncompressed_and_one_more()
     {
         foreach (long logical in new[] { 7 * MiB, 8 * MiB })
         {
             var store = await DeviceTestKit.FormatAsync(8 * MiB, new FormatOptions { LogicalSize = logical });
             await using var device = await DeviceTestKit.OpenAsync(store, s_options);
-            long needed = (device.Space.TotalLblks + 2) * device.Space.PblksPerLblk;
+            long needed = (device.Space.TotalLblks + 1) * device.Space.PblksPerLblk;
             Assert.Equal(needed <= (long)device.Geometry.TotalDataPblks, device.CanProvision);
             Assert.Equal(logical == 7 * MiB, device.CanProvision);
         }
