@@ -90,15 +90,20 @@ public class CrashConsistencyTests(ITestOutputHelper output)
     }
 
     /// <summary>
-    /// The simulation must fail on an engine that breaks the checkpoint order. What it caught, on the
-    /// seeds tried while writing this test (60 operations, every cut):
-    /// - <see cref="CheckpointFault.FreeBeforeCommitFsync"/>: in 5 of 8 seeds, a cut while the commit's
-    ///   lbat writes or fsync were still in flight brought back an old entry whose pblks the next
-    ///   checkpoint had already filled ("lblk 14: checksum mismatch ... in pblks 30,31,32,33").
-    /// - <see cref="CheckpointFault.PublishBeforeDataFsync"/>: in 1 of 8 seeds, the commit of the
-    ///   checkpoint before wrote the new entries while their data fsync was held, and a cut there left an
-    ///   entry pointing at data that never landed ("lblk 14: checksum mismatch ... in pblks 59,60"). This
-    ///   needs two checkpoints in flight at once: with fsyncs that complete at once it cannot happen.
+    /// The simulation must fail on an engine that breaks the checkpoint order. What it caught, over the
+    /// first 8 seeds (60 operations, every cut), while this test was written:
+    /// - <see cref="CheckpointFault.FreeBeforeCommitFsync"/>: 5 of 8 seeds. A cut while the commit's lbat
+    ///   writes or fsync were still in flight brought back an old entry whose pblks the next checkpoint
+    ///   had already filled: "lblk 14: checksum mismatch ... in pblks 30,31,32,33".
+    /// - <see cref="CheckpointFault.PublishBeforeDataFsync"/>: 1 to 2 of 8 seeds. The commit of the
+    ///   checkpoint before wrote the new entries while their data fsync was still held, and a cut there
+    ///   left an entry pointing at data that never landed: "lblk 14: checksum mismatch ... in pblks 59,60".
+    ///   It takes a commit running while the next checkpoint publishes; with fsyncs that complete at once
+    ///   that window is a few instructions wide.
+    /// A publication that does not wait for the one before was not caught in 8 seeds: it matters only when
+    /// the later data fsync completes first and both checkpoints hold the same lblk.
+    /// A FUA write that skips its flush (tried by hand) failed every workload of
+    /// <see cref="Every_cut_point_leaves_old_or_new_contents"/> at the first cut after it returned.
     /// </summary>
     [Theory]
     [InlineData(nameof(CheckpointFault.FreeBeforeCommitFsync), 16)]
