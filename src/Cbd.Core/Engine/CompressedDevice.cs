@@ -725,8 +725,7 @@ public sealed partial class CompressedDevice : IBlockDevice
         var ct = CancellationToken.None;
         var freed = new List<ulong>();
         // A failure of the stage before is in _failed, checked next.
-        if (_options.Fault != CheckpointFault.PublishBeforePreviousCheckpoint)
-            await previous.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+        await previous.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
         try
         {
             if (_failed is { } failed)

@@ -61,9 +61,6 @@ internal enum CheckpointFault
     /// <summary>A checkpoint publishes its entries before its data fsync (step 3 after step 4).</summary>
     PublishBeforeDataFsync,
 
-    /// <summary>A checkpoint publishes without waiting for the one before to publish (and fsync its data).</summary>
-    PublishBeforePreviousCheckpoint,
-
     /// <summary>A commit frees the replaced pblks before the lbat fsync (step 6 before steps 4 and 5).</summary>
     FreeBeforeCommitFsync,
 }

@@ -4,17 +4,19 @@ namespace Cbd.Core.Tests.Engine;
 
 /// <summary>
 /// A backing store that records every write and fsync, to build the images a power cut could leave.
-/// Writes complete at once; an fsync is held until a later write happens to complete it (a seeded
-/// chance) or <see cref="DriveAsync(Task)"/> finds the workload waiting on the store, and then completes
-/// a seeded choice among those held: fsyncs complete late and out of order, so that several checkpoints
-/// are really in flight at once, and the writes after an fsync started land in the log before it completes. As on a real disk, a write is durable once an fsync that started after the write
-/// completed has completed; <see cref="ImageAt"/> keeps the durable writes and keeps, drops or tears (at
-/// 512-byte sectors) each later one.
+/// Writes complete at once. An fsync is held until a later write happens to complete it (a seeded chance)
+/// or <see cref="DriveAsync(Task)"/> finds the workload waiting on a quiet store, and then a seeded choice
+/// among those held completes: fsyncs complete late and out of order, several checkpoints are really in
+/// flight at once, and writes issued after an fsync started are logged before it completes. As on a real
+/// disk, a write is durable once an fsync that started after the write completed has completed;
+/// <see cref="ImageAt"/> keeps the durable writes and keeps, drops or tears (at 512-byte sectors) each
+/// later one.
 /// </summary>
 /// <remarks>
 /// Which held fsync completes follows the seed; when one completes depends also on the engine's threads
-/// and the machine's load, so two runs record similar but not identical logs. Every
-/// recorded log is checked in full, and a failure names the seed and the cut.
+/// and the machine's load, so two runs record similar but not identical logs. Every recorded log is
+/// checked in full, and a failure names the seed and the cut. The quiet period stands for the disk's
+/// latency, not for synchronisation: whatever the timing, the log says what happened in which order.
 /// </remarks>
 internal sealed class RecordingStore : IBackingStore
 {
