@@ -47,19 +47,18 @@ public static class ExportCommand
         await using var device = await ImageFiles.OpenDeviceAsync(path, new DeviceOptions { ReadOnly = true }, cancellationToken)
             .ConfigureAwait(false);
         using var interruption = Interruption.Catch(cancellationToken);
-        long done = 0;
-        var counted = new Progress<(long Done, long Total)>(p => Interlocked.Exchange(ref done, Math.Max(Interlocked.Read(ref done), p.Done)));
+        var counted = new ProgressCounter();
         if (stdout)
         {
             try
             {
                 await using var output = Console.OpenStandardOutput();
                 await Terminal.WithProgressAsync(quiet, $"exporting {Path.GetFileName(path)}", device.Size,
-                    progress => ImageCopier.ExportAsync(device, output, Both(progress, counted), interruption.Token)).ConfigureAwait(false);
+                    progress => ImageCopier.ExportAsync(device, output, counted.With(progress), interruption.Token)).ConfigureAwait(false);
             }
             catch (OperationCanceledException) when (interruption.Signalled)
             {
-                throw new CliException($"exporting {path} to stdout interrupted: stdout got about {SizeParser.Describe(Interlocked.Read(ref done))} " +
+                throw new CliException($"exporting {path} to stdout interrupted: stdout got about {SizeParser.Describe(counted.Done)} " +
                     $"of {SizeParser.Describe(device.Size)}, and is incomplete");
             }
             return ExitCodes.Success;
@@ -92,18 +91,6 @@ public static class ExportCommand
             Console.Out.WriteLine($"exported {device.Size} bytes ({SizeParser.FormatApproximate(device.Size)}) from {path} to {rawPath}");
         }
         return ExitCodes.Success;
-    }
-
-    private static IProgress<(long Done, long Total)> Both(IProgress<(long Done, long Total)>? a, IProgress<(long Done, long Total)> b) =>
-        a is null ? b : new Tee(a, b);
-
-    private sealed class Tee(IProgress<(long Done, long Total)> a, IProgress<(long Done, long Total)> b) : IProgress<(long Done, long Total)>
-    {
-        public void Report((long Done, long Total) value)
-        {
-            a.Report(value);
-            b.Report(value);
-        }
     }
 
     /// <summary>A hidden name beside RAW, so that the rename over RAW stays within one file system.</summary>

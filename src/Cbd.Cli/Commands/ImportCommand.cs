@@ -59,12 +59,11 @@ public static class ImportCommand
         var device = await ImageFiles.OpenDeviceAsync(path, new DeviceOptions(), cancellationToken).ConfigureAwait(false);
         long imported = 0;
         long total = 0;
-        long done = 0;
+        var counted = new ProgressCounter();
         using var interruption = Interruption.Catch(cancellationToken);
         try
         {
             bool wasEmpty = device.GetStats().LblksUsed == 0;
-            var counted = new DoneCounter(() => Interlocked.Read(ref done), d => Interlocked.Exchange(ref done, d));
             if (stdin)
             {
                 await using var input = Console.OpenStandardInput();
@@ -100,7 +99,7 @@ public static class ImportCommand
             // What was written is kept: closing writes it back and marks the image clean, so it opens as it now is.
             await device.DisposeAsync().ConfigureAwait(false);
             string held = created ? "zeros" : "what it held before";
-            throw new CliException($"import into {path} interrupted after about {SizeParser.Describe(Interlocked.Read(ref done))} of " +
+            throw new CliException($"import into {path} interrupted after about {SizeParser.Describe(counted.Done)} of " +
                 $"{(stdin ? "stdin" : SizeParser.Describe(total))}; {path} is consistent and closed clean, and holds that part of {(stdin ? "stdin" : rawPath)} " +
                 $"(the lblks written so far), with {held} elsewhere. Run the import again to finish it");
         }
@@ -171,27 +170,6 @@ public static class ImportCommand
             physical += (long)(need - geometry.TotalDataPblks) * Layout.PblkSize;
         }
         throw new CliException($"no physical size found for a logical size of {SizeParser.Describe(logical)}");
-    }
-
-    /// <summary>Keeps the furthest progress reported, beside the bar, to say how far an interrupted import got.</summary>
-    private sealed class DoneCounter(Func<long> read, Action<long> write) : IProgress<(long Done, long Total)>
-    {
-        private IProgress<(long Done, long Total)>? _bar;
-
-        public IProgress<(long Done, long Total)> With(IProgress<(long Done, long Total)>? bar)
-        {
-            _bar = bar;
-            return this;
-        }
-
-        public void Report((long Done, long Total) value)
-        {
-            if (value.Done > read())
-            {
-                write(value.Done);
-            }
-            _bar?.Report(value);
-        }
     }
 
     /// <summary>Makes everything from <paramref name="offset"/> to the end read as zeros, touching only what does not already.</summary>
