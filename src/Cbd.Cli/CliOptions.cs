@@ -57,6 +57,30 @@ public static class CliOptions
         },
     };
 
+    /// <summary>
+    /// Sets a maintenance command's action through <see cref="CommandRunner"/>, reporting tokens no option or argument
+    /// took as usage errors itself: the parser would report them first, so that <c>info --bogus r.cbd</c>, which takes
+    /// --bogus for IMAGE, would blame r.cbd before naming --bogus.
+    /// </summary>
+    public static void SetAction(Command command, Func<ParseResult, CancellationToken, Task<int>> body, int failureCode = ExitCodes.Failed,
+        int usageCode = ExitCodes.Usage)
+    {
+        command.TreatUnmatchedTokensAsErrors = false;
+        CommandRunner.SetAction(command, (parse, cancellationToken) =>
+        {
+            if (parse.UnmatchedTokens.Count == 0)
+            {
+                return body(parse, cancellationToken);
+            }
+            foreach (string token in parse.UnmatchedTokens)
+            {
+                CommandRunner.Error(token.StartsWith('-') && token.Length > 1 ? $"unknown option '{token}'" : $"unexpected argument '{token}'");
+            }
+            Console.Error.WriteLine($"Try 'cbd {command.Name} --help'.");
+            return Task.FromResult(usageCode);
+        }, failureCode);
+    }
+
     private static string? Positive(long bytes) => bytes > 0 ? null : "must be larger than 0";
 
     /// <summary>--quiet: no progress bar, and <paramref name="more"/> (e.g. "and no summary").</summary>

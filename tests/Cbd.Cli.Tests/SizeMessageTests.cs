@@ -79,6 +79,11 @@ public class SizeMessageTests
         Assert.DoesNotContain("\t", tune.StandardError);
 
         var info = await CbdTool.RunAsync(2, "info", "--bogus", image);
-        Assert.Contains("unknown option '--bogus'", info.StandardError);
+        Assert.StartsWith("cbd: unknown option '--bogus'\n", info.StandardError);
+        Assert.DoesNotContain(image, info.StandardError);
+        var after = await CbdTool.RunAsync(2, "info", image, "--bogus");
+        Assert.StartsWith("cbd: unknown option '--bogus'\n", after.StandardError);
+        var extra = await CbdTool.RunAsync(16, "check", image, "more.cbd");
+        Assert.StartsWith("cbd: unexpected argument 'more.cbd'\n", extra.StandardError);
     }
 }

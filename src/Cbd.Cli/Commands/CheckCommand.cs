@@ -38,10 +38,10 @@ public static class CheckCommand
         {
             image, repair, data, json, quiet,
         };
-        CommandRunner.SetAction(command, (parse, cancellationToken) =>
+        CliOptions.SetAction(command, (parse, cancellationToken) =>
             RunAsync(parse.GetRequiredValue(image), parse.GetValue(repair), parse.GetValue(data), parse.GetValue(json), parse.GetValue(quiet),
                 cancellationToken),
-            ExitCodes.CheckOperational);
+            ExitCodes.CheckOperational, ExitCodes.CheckUsage);
         return command;
     }
 

@@ -30,7 +30,7 @@ public static class ExportCommand
         {
             image, raw, force, quiet,
         };
-        CommandRunner.SetAction(command, (parse, cancellationToken) =>
+        CliOptions.SetAction(command, (parse, cancellationToken) =>
             RunAsync(parse.GetRequiredValue(image), parse.GetRequiredValue(raw), parse.GetValue(force), parse.GetValue(quiet), cancellationToken));
         return command;
     }

@@ -45,7 +45,7 @@ public static class FormatCommand
         {
             image, size, logicalSize, maxLogicalSize, lblkSize, compression, noZeroDetect, noChecksums, force, quiet,
         };
-        CommandRunner.SetAction(command, (parse, cancellationToken) =>
+        CliOptions.SetAction(command, (parse, cancellationToken) =>
         {
             var choice = parse.GetValue(compression);
             var options = new FormatOptions

@@ -27,7 +27,7 @@ public static class ImportCommand
         {
             raw, image, quiet,
         };
-        CommandRunner.SetAction(command, (parse, cancellationToken) =>
+        CliOptions.SetAction(command, (parse, cancellationToken) =>
             RunAsync(parse.GetRequiredValue(raw), parse.GetRequiredValue(image), parse.GetValue(quiet), cancellationToken));
         return command;
     }

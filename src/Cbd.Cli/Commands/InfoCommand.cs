@@ -25,7 +25,7 @@ public static class InfoCommand
         {
             image, json, quiet,
         };
-        CommandRunner.SetAction(command, (parse, cancellationToken) =>
+        CliOptions.SetAction(command, (parse, cancellationToken) =>
             RunAsync(parse.GetRequiredValue(image), parse.GetValue(json), parse.GetValue(quiet), cancellationToken));
         return command;
     }

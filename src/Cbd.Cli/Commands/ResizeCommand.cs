@@ -25,7 +25,7 @@ public static class ResizeCommand
         {
             image, size, logicalSize, quiet,
         };
-        CommandRunner.SetAction(command, (parse, cancellationToken) =>
+        CliOptions.SetAction(command, (parse, cancellationToken) =>
             RunAsync(parse.GetRequiredValue(image), parse.GetValue(size)!, parse.GetValue(logicalSize), parse.GetValue(quiet), cancellationToken));
         return command;
     }

@@ -49,7 +49,7 @@ public static class TuneCommand
                 result.AddError("Nothing to change: give --compression, --zero-detect or --logical-size.");
             }
         });
-        CommandRunner.SetAction(command, (parse, cancellationToken) =>
+        CliOptions.SetAction(command, (parse, cancellationToken) =>
         {
             var choice = parse.GetValue(compression);
             var options = new TuneOptions
