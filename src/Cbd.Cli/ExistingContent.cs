@@ -54,6 +54,22 @@ public static class ExistingContent
         return data < 0 ? null : $"data (a non-zero byte at offset {data}, within the first 64 KiB)";
     }
 
+    /// <summary>
+    /// What an existing file holds, for a command about to replace it: null for an empty file, else what
+    /// <see cref="Describe(ReadOnlySpan{byte})"/> finds, or its size when its first 64 KiB are zeros.
+    /// </summary>
+    public static async Task<string?> DescribeFileAsync(string path, CancellationToken cancellationToken)
+    {
+        await using var store = ImageFiles.Open(path, writable: false);
+        if (store.Length == 0)
+        {
+            return null;
+        }
+        byte[] probe = new byte[(int)Math.Min(ProbeBytes, store.Length)];
+        await store.ReadAsync(0, probe, cancellationToken).ConfigureAwait(false);
+        return Describe(probe) ?? $"{SizeParser.Describe(store.Length)} of data (zeros in its first 64 KiB)";
+    }
+
     private static string DescribeCbd(ReadOnlySpan<byte> probe)
     {
         try

@@ -1,3 +1,5 @@
+using System.Runtime.InteropServices;
+using Cbd.Cli.Storage;
 using Cbd.Core.Engine;
 using Cbd.Core.Format;
 using Cbd.Core.Storage;
@@ -19,6 +21,40 @@ public static class ImageFiles
         catch (UnauthorizedAccessException)
         {
             throw new CliException($"{path}: permission denied{(writable ? " (it is opened for writing)" : "")}");
+        }
+        catch (IOException e)
+        {
+            throw new CliException($"{path}: {e.Message}");
+        }
+    }
+
+    /// <summary>
+    /// Opens an image to read it. One that another process holds for writing (cbd serve) is opened without
+    /// the lock (<see cref="SharedReadStore"/>), and <paramref name="inUse"/> says so: what is read is then
+    /// the image as that process last wrote it back.
+    /// </summary>
+    /// <exception cref="CliException">No such file, a directory, no permission, or the open failed.</exception>
+    public static IBackingStore OpenForReading(string path, out bool inUse)
+    {
+        RequireExisting(path);
+        inUse = false;
+        try
+        {
+            return FileBackingStore.Open(path, writable: false);
+        }
+        catch (UnauthorizedAccessException)
+        {
+            throw new CliException($"{path}: permission denied");
+        }
+        catch (IOException)
+        {
+            // A read-only open fails here only on the writer's exclusive lock; open(2) without the lock tells.
+        }
+        try
+        {
+            var shared = SharedReadStore.Open(path);
+            inUse = true;
+            return shared;
         }
         catch (IOException e)
         {
@@ -72,8 +108,30 @@ public static class ImageFiles
         }
     }
 
-    /// <summary>Whether two paths name the same file, through symbolic links.</summary>
-    public static bool SameFile(string a, string b) => Resolve(a) == Resolve(b);
+    /// <summary>Whether two paths name the same file: through symbolic links, hard links and bind mounts alike (the same device and inode).</summary>
+    public static bool SameFile(string a, string b)
+    {
+        if (FileId(a) is { } idA && FileId(b) is { } idB)
+        {
+            return idA == idB;
+        }
+        return Resolve(a) == Resolve(b);
+    }
+
+    /// <summary>The file's (st_dev, st_ino), following symbolic links; null when it cannot be had (no such file).</summary>
+    private static (ulong Device, ulong Inode)? FileId(string path)
+    {
+        // struct stat starts with st_dev and st_ino, 8 bytes each, on x86-64 and arm64 alike; the buffer is larger than the whole struct.
+        byte[] buffer = new byte[256];
+        if (Stat(path, buffer) != 0)
+        {
+            return null;
+        }
+        return (BitConverter.ToUInt64(buffer, 0), BitConverter.ToUInt64(buffer, 8));
+    }
+
+    [DllImport("libc", EntryPoint = "stat", SetLastError = true)]
+    private static extern int Stat([MarshalAs(UnmanagedType.LPUTF8Str)] string path, [Out] byte[] buffer);
 
     private static string Resolve(string path)
     {

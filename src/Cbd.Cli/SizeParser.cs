@@ -4,25 +4,51 @@ using System.Globalization;
 namespace Cbd.Cli;
 
 /// <summary>
-/// Parses sizes given on the command line: a whole number of bytes, optionally followed by K, M, G or T
+/// Parses sizes given on the command line: a number of bytes, optionally followed by K, M, G or T
 /// (binary multiples: K = 1024) and an optional "iB" (so 64M, 64m and 64MiB are all 64 x 2^20 bytes).
+/// With a suffix the number may have a fraction, as qemu-img and lvm take it (1.5G); a fraction of a
+/// byte is dropped.
 /// </summary>
 public static class SizeParser
 {
-    private const string Expected = "expected a whole number of bytes with an optional K, M, G or T suffix (binary multiples), e.g. 512, 64K, 10G";
+    private const string Expected = "expected a number of bytes with an optional K, M, G or T suffix (binary multiples), e.g. 512, 64K, 1.5G";
 
     /// <summary>Parses <paramref name="text"/>; false with a message naming the input and what was expected.</summary>
     public static bool TryParse(string text, out long bytes, out string error)
     {
         bytes = 0;
-        error = "";
         string trimmed = text.Trim();
+        if (trimmed.Length > 0 && trimmed[0] is '+' or '-')
+        {
+            error = $"invalid size '{text}': no sign is taken here; {Expected}";
+            return false;
+        }
+        return TryParseUnsigned(text, trimmed, out bytes, out error);
+    }
+
+    /// <summary>
+    /// Parses a size that may be relative, as qemu-img resize takes it: "+1G" grows by 1 GiB, "-1G"
+    /// shrinks by it; <paramref name="sign"/> is +1, -1, or 0 for an absolute size.
+    /// </summary>
+    public static bool TryParseRelative(string text, out long bytes, out int sign, out string error)
+    {
+        string trimmed = text.Trim();
+        sign = trimmed.Length > 0 ? trimmed[0] switch { '+' => 1, '-' => -1, _ => 0 } : 0;
+        return TryParseUnsigned(text, sign == 0 ? trimmed : trimmed[1..], out bytes, out error);
+    }
+
+    private static bool TryParseUnsigned(string text, string trimmed, out long bytes, out string error)
+    {
+        bytes = 0;
+        error = "";
         int digits = 0;
-        while (digits < trimmed.Length && char.IsAsciiDigit(trimmed[digits]))
+        while (digits < trimmed.Length && (char.IsAsciiDigit(trimmed[digits]) || trimmed[digits] == '.'))
         {
             digits++;
         }
-        if (digits == 0)
+        string number = trimmed[..digits];
+        int point = number.IndexOf('.');
+        if (number.Length == 0 || number == "." || (point >= 0 && number.IndexOf('.', point + 1) >= 0))
         {
             error = $"invalid size '{text}': {Expected}";
             return false;
@@ -47,13 +73,32 @@ public static class SizeParser
             error = $"invalid size '{text}': unknown suffix '{trimmed[digits..]}'; {Expected}";
             return false;
         }
-        if (!long.TryParse(trimmed.AsSpan(0, digits), NumberStyles.None, CultureInfo.InvariantCulture, out long number)
-            || number > long.MaxValue >> shift)
+        if (point >= 0 && shift == 0)
+        {
+            error = $"invalid size '{text}': a fraction of a byte; give a whole number of bytes, or a fraction of a K, M, G or T";
+            return false;
+        }
+        string whole = point < 0 ? number : number[..point];
+        string fraction = point < 0 ? "" : number[(point + 1)..];
+        if (!long.TryParse(whole.Length == 0 ? "0" : whole, NumberStyles.None, CultureInfo.InvariantCulture, out long integer)
+            || integer > long.MaxValue >> shift)
         {
             error = $"invalid size '{text}': larger than {long.MaxValue} bytes";
             return false;
         }
-        bytes = number << shift;
+        bytes = integer << shift;
+        if (fraction.Length > 0)
+        {
+            // The fraction of the unit, to the byte: digits past the 18th cannot add one.
+            decimal part = decimal.Parse("0." + fraction[..Math.Min(fraction.Length, 18)], CultureInfo.InvariantCulture);
+            long extra = (long)decimal.Floor(part * (1L << shift));
+            if (bytes > long.MaxValue - extra)
+            {
+                error = $"invalid size '{text}': larger than {long.MaxValue} bytes";
+                return false;
+            }
+            bytes += extra;
+        }
         return true;
     }
 
@@ -102,5 +147,16 @@ public static class SizeParser
         }
         string number = value == Math.Floor(value) ? value.ToString("0", CultureInfo.InvariantCulture) : value.ToString("0.0", CultureInfo.InvariantCulture);
         return $"{number} {units[unit]}";
+    }
+
+    /// <summary>
+    /// A size in words a person reads at once, exact: "64 KiB", "1 GiB"; one that is no whole number of
+    /// its largest unit gets its bytes too: "1.5 GiB (1610616832 bytes)".
+    /// </summary>
+    public static string Describe(long bytes)
+    {
+        string exact = Format(bytes);
+        long number = long.Parse(exact.AsSpan(0, exact.IndexOf(' ')), CultureInfo.InvariantCulture);
+        return number < 1024 ? exact : $"{FormatApproximate(bytes)} ({bytes} bytes)";
     }
 }

@@ -8,6 +8,9 @@ public static class CbdTool
 {
     private static readonly string s_executable = Path.Combine(AppContext.BaseDirectory, "cbd");
 
+    /// <summary>The path of the cbd executable the tests run.</summary>
+    public static string Executable => s_executable;
+
     public sealed record Result(string CommandLine, int ExitCode, byte[] StandardOutputBytes, string StandardError)
     {
         public string StandardOutput => Encoding.UTF8.GetString(StandardOutputBytes);

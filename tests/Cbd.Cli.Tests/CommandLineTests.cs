@@ -62,7 +62,6 @@ public class CommandLineTests
     [InlineData("resize", "{image}", "--size", "64M")]
     [InlineData("tune", "{image}", "--zero-detect", "off")]
     [InlineData("export", "{image}", "{scratch}/out.img")]
-    [InlineData("import", "{raw}", "{image}")]
     public async Task A_missing_image_is_one_line_exit_1(params string[] template)
     {
         using var scratch = new Scratch();

@@ -134,10 +134,10 @@ public class FormatCommandTests
     {
         using var scratch = new Scratch();
         string image = scratch.File("tiny.cbd");
-        await CbdTool.FailsAsync(1, "cannot format", "format", image, "--size", "16K");
+        await CbdTool.FailsAsync(1, "--size 16 KiB: too small; with 64 KiB lblks an image needs at least 140 KiB", "format", image, "--size", "16K");
         Assert.False(File.Exists(image));
         // 1 MiB lblks need entries larger than a sector on any device.
-        await CbdTool.FailsAsync(1, "lblk size", "format", image, "--size", "64M", "--lblk-size", "1M");
+        await CbdTool.FailsAsync(1, "--lblk-size 1 MiB: at most 512 KiB on an image of 64 MiB", "format", image, "--size", "64M", "--lblk-size", "1M");
         Assert.False(File.Exists(image));
         await CbdTool.FailsAsync(1, "give --size", "format", image);
     }

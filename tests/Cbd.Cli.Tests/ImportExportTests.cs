@@ -56,15 +56,15 @@ public class ImportExportTests
         var (raw, _) = await TestData.RawAsync();
         string image = scratch.File("small.cbd");
         await CbdTool.RunAsync(0, "format", image, "--size", "16M", "--logical-size", "8M");
-        await CbdTool.FailsAsync(1, "more than the 8388608-byte logical size", "import", raw, image);
+        await CbdTool.FailsAsync(1, "more than the logical size of " + image + ", 8 MiB", "import", raw, image);
         await CbdTool.FailsAsync(1, "same file", "import", image, image);
-        await CbdTool.FailsAsync(1, "same file", "export", image, image);
+        await CbdTool.FailsAsync(1, "is the image itself", "export", image, image);
         await CbdTool.FailsAsync(1, "is a directory", "export", image, scratch.Path);
         await CbdTool.RunAsync(0, "check", image);
     }
 
     [Fact]
-    public async Task Export_replaces_an_existing_file()
+    public async Task Export_replaces_an_existing_file_only_with_force()
     {
         using var scratch = new Scratch();
         var (_, image, bytes) = await TestData.CopyAsync(scratch);
@@ -72,7 +72,9 @@ public class ImportExportTests
         byte[] old = new byte[40 << 20];
         Array.Fill(old, (byte)0xAA);
         File.WriteAllBytes(exported, old);
-        await CbdTool.RunAsync(0, "export", image, exported);
+        await CbdTool.FailsAsync(1, "holds data (a non-zero byte at offset 0", "export", image, exported);
+        Assert.True(old.AsSpan().SequenceEqual(File.ReadAllBytes(exported)), "a refused export changed the file");
+        await CbdTool.RunAsync(0, "export", image, exported, "--force");
         Assert.True(bytes.AsSpan().SequenceEqual(File.ReadAllBytes(exported)), "the export kept bytes of the file it replaced");
     }
 }

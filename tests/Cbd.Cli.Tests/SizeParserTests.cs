@@ -18,6 +18,11 @@ public class SizeParserTests
     [InlineData("0008K", 8L << 10)]
     [InlineData("9223372036854775807", long.MaxValue)]
     [InlineData("8388607T", 8388607L << 40)]
+    [InlineData("1.5G", 3L << 29)]
+    [InlineData("1.5GiB", 3L << 29)]
+    [InlineData("0.5K", 512L)]
+    [InlineData(".25M", 256L << 10)]
+    [InlineData("0.1K", 102L)]
     public void Parses_whole_numbers_with_binary_suffixes(string text, long expected)
     {
         Assert.True(SizeParser.TryParse(text, out long bytes, out string error), error);
@@ -29,7 +34,9 @@ public class SizeParserTests
     [InlineData("M")]
     [InlineData("-5")]
     [InlineData("+5")]
-    [InlineData("1.5G")]
+    [InlineData("1.5")]
+    [InlineData("1.2.3G")]
+    [InlineData(".G")]
     [InlineData("12Q")]
     [InlineData("64 M")]
     [InlineData("64KB")]
@@ -53,6 +60,23 @@ public class SizeParserTests
         Assert.False(SizeParser.TryParse(text, out _, out string error));
         Assert.Contains("larger than", error);
     }
+
+    [Theory]
+    [InlineData("+1G", 1L << 30, 1)]
+    [InlineData("-512M", 512L << 20, -1)]
+    [InlineData("+1.5G", 3L << 29, 1)]
+    [InlineData("10G", 10L << 30, 0)]
+    public void Relative_sizes_carry_their_sign(string text, long expected, int sign)
+    {
+        Assert.True(SizeParser.TryParseRelative(text, out long bytes, out int parsedSign, out string error), error);
+        Assert.Equal((expected, sign), (bytes, parsedSign));
+    }
+
+    [Theory]
+    [InlineData(65536L, "64 KiB")]
+    [InlineData(3L << 30, "3 GiB")]
+    [InlineData(961011712L, "916.5 MiB (961011712 bytes)")]
+    public void Describe_is_exact_and_readable(long bytes, string expected) => Assert.Equal(expected, SizeParser.Describe(bytes));
 
     [Theory]
     [InlineData(0L, "0 bytes")]

@@ -2,6 +2,7 @@ using System.CommandLine;
 using Cbd.Cli.Output;
 using Cbd.Core.Format;
 using Cbd.Core.Maintenance;
+using Cbd.Core.Storage;
 using Spectre.Console;
 
 namespace Cbd.Cli.Commands;
@@ -37,19 +38,37 @@ public static class CheckCommand
         {
             image, repair, data, json, quiet,
         };
-        CommandRunner.SetAction(command, (parse, cancellationToken) =>
+        CliOptions.SetAction(command, (parse, cancellationToken) =>
             RunAsync(parse.GetRequiredValue(image), parse.GetValue(repair), parse.GetValue(data), parse.GetValue(json), parse.GetValue(quiet),
                 cancellationToken),
-            ExitCodes.CheckOperational);
+            ExitCodes.CheckOperational, ExitCodes.CheckUsage);
         return command;
     }
 
     private static async Task<int> RunAsync(string path, bool repair, bool data, bool json, bool quiet, CancellationToken cancellationToken)
     {
-        await using var store = ImageFiles.Open(path, writable: repair);
+        bool inUse = false;
+        IBackingStore store;
+        if (repair)
+        {
+            try
+            {
+                store = ImageFiles.Open(path, writable: true);
+            }
+            catch (CliException e) when (e.Message.Contains("in use by another process", StringComparison.Ordinal))
+            {
+                throw new CliException($"{e.Message}; --repair needs the image closed (stop cbd serve first); without --repair, check reads an image in use");
+            }
+        }
+        else
+        {
+            store = ImageFiles.OpenForReading(path, out inUse);
+        }
+        await using var owned = store;
         string what = repair ? "repairing" : "checking";
         CheckReport check;
         RepairReport? repaired = null;
+        long transient = 0;
         if (repair)
         {
             repaired = await Terminal.WithProgressAsync(quiet, $"{what} {Path.GetFileName(path)}", store.Length,
@@ -60,10 +79,25 @@ public static class CheckCommand
         {
             check = await Terminal.WithProgressAsync(quiet, $"{what} {Path.GetFileName(path)}", store.Length,
                 progress => DeviceChecker.CheckAsync(store, new CheckOptions { Data = data }, progress, cancellationToken)).ConfigureAwait(false);
+            if (inUse && check.HasErrors)
+            {
+                // A writer changes the lbats under the scan: an lblk read before it moved and another read after may name the same
+                // pblk. Such findings go away on a second look; only what both looks find counts as an error.
+                var again = await Terminal.WithProgressAsync(quiet, $"re-checking {Path.GetFileName(path)}", store.Length,
+                    progress => DeviceChecker.CheckAsync(store, new CheckOptions { Data = data }, progress, cancellationToken)).ConfigureAwait(false);
+                (check, transient) = Stable(check, again);
+            }
         }
 
+        if (inUse)
+        {
+            // Served images are dirty by design (the server marks them so while open): the usual note would read as an alarm.
+            check = With(check, check.Problems.Select(p => p.Kind == CheckProblemKind.ImageDirty
+                ? p with { Message = "the dirty flag is set, as it is while the image is served: pbats and stats are rebuilt from the lbats when it is closed or next opened" }
+                : p).ToList());
+        }
         var (result, exitCode) = Outcome(check, repaired);
-        var report = ToJson(path, check, repaired, result, exitCode);
+        var report = ToJson(path, check, repaired, result, exitCode) with { InUse = inUse, TransientProblems = transient };
         if (repaired is { Repaired: true })
         {
             // A repaired image is closed clean: its stats and pbats now give the counts as the image is, after what was cleared.
@@ -76,10 +110,59 @@ public static class CheckCommand
         }
         else
         {
-            PrintText(report, check);
+            PrintText(report, check, quiet);
         }
         return exitCode;
     }
+
+    /// <summary>
+    /// The second look, with every error it shares with the first kept as an error, and every other error of either
+    /// look kept as a note marked transient; also how many of those there were.
+    /// </summary>
+    private static (CheckReport Report, long Transient) Stable(CheckReport first, CheckReport second)
+    {
+        static (CheckProblemKind, ulong?, uint?, ulong?) Key(CheckProblem p) => (p.Kind, p.Lblk, p.Zone, p.Pblk);
+        var firstErrors = first.Problems.Where(p => p.Severity == CheckSeverity.Error).Select(Key).ToHashSet();
+        var secondErrors = second.Problems.Where(p => p.Severity == CheckSeverity.Error).Select(Key).ToHashSet();
+        var problems = new List<CheckProblem>();
+        long transient = 0;
+        foreach (var p in second.Problems)
+        {
+            if (p.Severity == CheckSeverity.Error && !firstErrors.Contains(Key(p)))
+            {
+                problems.Add(Transient(p));
+                transient++;
+            }
+            else
+            {
+                problems.Add(p);
+            }
+        }
+        foreach (var p in first.Problems.Where(p => p.Severity == CheckSeverity.Error && !secondErrors.Contains(Key(p))))
+        {
+            problems.Add(Transient(p));
+            transient++;
+        }
+        // Omitted problems cannot be compared; they count only when both looks had some.
+        return (With(second, problems, Math.Min(first.ProblemsOmitted, second.ProblemsOmitted)), transient);
+    }
+
+    private static CheckReport With(CheckReport report, IReadOnlyList<CheckProblem> problems, long? omitted = null) => new()
+    {
+        Header = report.Header,
+        Geometry = report.Geometry,
+        Problems = problems,
+        ProblemsOmitted = omitted ?? report.ProblemsOmitted,
+        IsClean = report.IsClean,
+        DataChecked = report.DataChecked,
+        LblksUsed = report.LblksUsed,
+        PblksUsed = report.PblksUsed,
+        PblksTotal = report.PblksTotal,
+        ZonePblksUsed = report.ZonePblksUsed,
+    };
+
+    private static CheckProblem Transient(CheckProblem p) =>
+        p with { Severity = CheckSeverity.Info, Message = $"transient (not found by both looks at the image in use): {p.Message}" };
 
     /// <summary>
     /// What the check and repair amount to. A file that is no cbd image at all is an operational error (8),
@@ -127,26 +210,32 @@ public static class CheckCommand
             repair is null ? null : new RepairJson(repair.Repaired, repair.Wrote, repair.CannotRepairReason, repair.LostLblks, repair.Actions));
     }
 
-    private static void PrintText(CheckJson report, CheckReport check)
+    private static void PrintText(CheckJson report, CheckReport check, bool quiet)
     {
-        var console = Terminal.Out;
         if (report.Problems.Count > 0)
         {
-            var table = Terminal.NewTable("severity", "kind", "lblk", "zone", "pblk", "message");
-            foreach (var p in report.Problems)
-            {
-                table.AddRow(Terminal.Cell(p.Severity), Terminal.Cell(p.Kind), Terminal.Cell(p.Lblk?.ToString() ?? "-"), Terminal.Cell(p.Zone?.ToString() ?? "-"),
-                    Terminal.Cell(p.Pblk?.ToString() ?? "-"), Terminal.Cell(p.Message));
-            }
-            console.Write(table);
+            Terminal.WriteRows(["severity", "kind", "lblk", "zone", "pblk", "message"],
+                report.Problems.Select(p => new[] { p.Severity, p.Kind, p.Lblk?.ToString() ?? "-", p.Zone?.ToString() ?? "-", p.Pblk?.ToString() ?? "-", p.Message })
+                    .ToList());
         }
         if (report.ProblemsOmitted > 0)
         {
             Console.Out.WriteLine($"... and {report.ProblemsOmitted} more problems, not listed");
         }
 
+        if (quiet)
+        {
+            // The problems, if any, were the answer; the exit code says the rest.
+            return;
+        }
         var fields = new Fields();
         fields.Add("image", report.Image);
+        if (report.InUse)
+        {
+            fields.Add("in use", "by another process (cbd serve?): read without its lock, nothing written, as the server last wrote its lbats back. " +
+                "Findings on an image in use may be transient: errors were looked for twice, and only those found both times count" +
+                (report.TransientProblems > 0 ? $" ({report.TransientProblems} transient, listed as notes)" : ""));
+        }
         fields.Add("checked", check.Geometry is null
             ? "the header only (it gives every position in the image, and could not be used)"
             : $"header, lbats{(report.Dirty == true ? "" : ", pbats, stats")}{(report.DataChecked ? ", every stored lblk (CRC32C and decompression)" : "")}");

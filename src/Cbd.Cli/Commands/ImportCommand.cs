@@ -1,8 +1,10 @@
 using System.CommandLine;
 using Cbd.Cli.Output;
 using Cbd.Core.Engine;
+using Cbd.Core.Format;
 using Cbd.Core.Maintenance;
 using Spectre.Console;
+using Layout = Cbd.Core.Format.Layout;
 
 namespace Cbd.Cli.Commands;
 
@@ -15,15 +17,17 @@ public static class ImportCommand
     public static Command Create()
     {
         var raw = new Argument<string>("RAW") { Description = "The raw disk image to read: a file, a block device, or - for stdin." };
-        var image = CliOptions.Image("The cbd image to write; format it first (cbd format). Its logical size must hold RAW.");
-        var quiet = CliOptions.Quiet();
+        var image = CliOptions.Image(
+            "The cbd image to write. When it does not exist it is created, sized to RAW (as qemu-img convert does): its logical size is RAW's " +
+            "size and its physical size holds all of RAW even if nothing compresses (a sparse file). An existing image's logical size must hold RAW.");
+        var quiet = CliOptions.Quiet("and no summary");
         var command = new Command("import",
             "Copy a raw disk image into a cbd image: afterwards the device reads as RAW followed by zeros. " +
             "All-zero lblks stay unallocated. " + ExitCodes.GeneralHelp)
         {
             raw, image, quiet,
         };
-        CommandRunner.SetAction(command, (parse, cancellationToken) =>
+        CliOptions.SetAction(command, (parse, cancellationToken) =>
             RunAsync(parse.GetRequiredValue(raw), parse.GetRequiredValue(image), parse.GetValue(quiet), cancellationToken));
         return command;
     }
@@ -34,47 +38,138 @@ public static class ImportCommand
         if (!stdin)
         {
             ImageFiles.RequireExisting(rawPath);
-            if (ImageFiles.SameFile(rawPath, path))
+            if (File.Exists(path) && ImageFiles.SameFile(rawPath, path))
             {
                 throw new CliException($"{rawPath}: RAW and IMAGE are the same file");
             }
         }
+        bool created = false;
+        if (!File.Exists(path) && !Directory.Exists(path))
+        {
+            if (stdin)
+            {
+                throw new CliException($"{path}: no such file; importing from stdin needs an existing image, as the size is not known before the end: " +
+                    "create it with cbd format first");
+            }
+            await CreateForAsync(rawPath, path, quiet, cancellationToken).ConfigureAwait(false);
+            created = true;
+        }
         ImageFiles.RequireExisting(path);
 
-        await using var device = await ImageFiles.OpenDeviceAsync(path, new DeviceOptions(), cancellationToken).ConfigureAwait(false);
-        bool wasEmpty = device.GetStats().LblksUsed == 0;
-        long imported;
-        if (stdin)
+        var device = await ImageFiles.OpenDeviceAsync(path, new DeviceOptions(), cancellationToken).ConfigureAwait(false);
+        long imported = 0;
+        long total = 0;
+        var counted = new ProgressCounter();
+        using var interruption = Interruption.Catch(cancellationToken);
+        try
         {
-            await using var input = Console.OpenStandardInput();
-            var counting = new CountingReadStream(input);
-            await Terminal.WithProgressAsync(quiet, $"importing stdin into {Path.GetFileName(path)}", device.Size,
-                progress => ImageCopier.ImportAsync(counting, device, progress, cancellationToken)).ConfigureAwait(false);
-            imported = counting.BytesRead;
-        }
-        else
-        {
-            await using var source = ImageFiles.Open(rawPath, writable: false);
-            imported = source.Length;
-            if (imported > device.Size)
+            bool wasEmpty = device.GetStats().LblksUsed == 0;
+            if (stdin)
             {
-                throw new CliException($"{rawPath} holds {imported} bytes, more than the {device.Size}-byte logical size of {path}; " +
-                    "grow it first (cbd tune --logical-size, or cbd resize --logical-size)");
+                await using var input = Console.OpenStandardInput();
+                var counting = new CountingReadStream(input);
+                total = device.Size;
+                await Terminal.WithProgressAsync(quiet, $"importing stdin into {Path.GetFileName(path)}", device.Size,
+                    progress => ImageCopier.ImportAsync(counting, device, counted.With(progress), interruption.Token)).ConfigureAwait(false);
+                imported = counting.BytesRead;
             }
-            await Terminal.WithProgressAsync(quiet, $"importing {Path.GetFileName(rawPath)}", imported,
-                progress => ImageCopier.ImportAsync(source, device, progress, cancellationToken)).ConfigureAwait(false);
-        }
+            else
+            {
+                await using var source = ImageFiles.Open(rawPath, writable: false);
+                imported = total = source.Length;
+                if (imported > device.Size)
+                {
+                    throw new CliException($"{rawPath} holds {SizeParser.Describe(imported)}, more than the logical size of {path}, " +
+                        $"{SizeParser.Describe(device.Size)}; grow it first (cbd tune --logical-size {SizeParser.Format(imported).Replace(" ", "", StringComparison.Ordinal)}, " +
+                        "or cbd resize), or import into a new image (a path that does not exist yet)");
+                }
+                await Terminal.WithProgressAsync(quiet, $"importing {Path.GetFileName(rawPath)}", imported,
+                    progress => ImageCopier.ImportAsync(source, device, counted.With(progress), interruption.Token)).ConfigureAwait(false);
+            }
 
-        // An image that held nothing reads as zeros past RAW already; otherwise old data there is discarded.
-        if (!wasEmpty && imported < device.Size)
-        {
-            await ZeroFromAsync(device, imported, cancellationToken).ConfigureAwait(false);
+            // An image that held nothing reads as zeros past RAW already; otherwise old data there is discarded.
+            if (!wasEmpty && imported < device.Size)
+            {
+                await ZeroFromAsync(device, imported, interruption.Token).ConfigureAwait(false);
+            }
+            await device.FlushAsync(interruption.Token).ConfigureAwait(false);
         }
-        await device.FlushAsync(cancellationToken).ConfigureAwait(false);
+        catch (OperationCanceledException) when (interruption.Signalled)
+        {
+            // What was written is kept: closing writes it back and marks the image clean, so it opens as it now is.
+            await device.DisposeAsync().ConfigureAwait(false);
+            string held = created ? "zeros" : "what it held before";
+            throw new CliException($"import into {path} interrupted after about {SizeParser.Describe(counted.Done)} of " +
+                $"{(stdin ? "stdin" : SizeParser.Describe(total))}; {path} is consistent and closed clean, and holds that part of {(stdin ? "stdin" : rawPath)} " +
+                $"(the lblks written so far), with {held} elsewhere. Run the import again to finish it");
+        }
+        catch
+        {
+            await device.DisposeAsync().ConfigureAwait(false);
+            throw;
+        }
         var stats = device.GetStats();
-        Console.Out.WriteLine($"imported {imported} bytes ({SizeParser.FormatApproximate(imported)}) into {path}: " +
-            $"{stats.LblksUsed} lblks in use, {SizeParser.FormatApproximate(stats.PhysicalBytesUsed)} stored, compression ratio {stats.CompressionRatio:0.000}");
+        await device.DisposeAsync().ConfigureAwait(false);
+        if (!quiet)
+        {
+            Console.Out.WriteLine($"imported {imported} bytes ({SizeParser.FormatApproximate(imported)}) into {path}: " +
+                $"{stats.LblksUsed} lblks in use, {SizeParser.FormatApproximate(stats.PhysicalBytesUsed)} stored, compression ratio {stats.CompressionRatio:0.000}");
+        }
         return ExitCodes.Success;
+    }
+
+    /// <summary>
+    /// Creates the image for RAW: logical size RAW's size, in lblks of 64 KiB or, when RAW's size is not a whole number of them,
+    /// the largest power of two from 4 KiB that divides it; physical size the least that stores every lblk uncompressed.
+    /// </summary>
+    private static async Task CreateForAsync(string rawPath, string path, bool quiet, CancellationToken cancellationToken)
+    {
+        long size;
+        await using (var source = ImageFiles.Open(rawPath, writable: false))
+        {
+            size = source.Length;
+        }
+        if (size == 0)
+        {
+            throw new CliException($"{rawPath}: is empty; there is nothing to size {path} by");
+        }
+        int lblk = new FormatOptions().LblkSize;
+        while (lblk > Layout.PblkSize && size % lblk != 0)
+        {
+            lblk /= 2;
+        }
+        if (size % lblk != 0)
+        {
+            throw new CliException($"{rawPath}: {size} bytes, not a whole number of 4 KiB, the smallest lblk: a cbd image's logical size is whole lblks. " +
+                $"Pad RAW to a multiple of 4 KiB (truncate -s %4K {rawPath}), or make the image with cbd format and import into it (it then reads as RAW followed by zeros)");
+        }
+        var options = new FormatOptions { LogicalSize = size, LblkSize = lblk };
+        long physical = PhysicalFor(size, options);
+        await FormatCommand.CreateAsync(path, physical, options, cancellationToken).ConfigureAwait(false);
+        if (!quiet)
+        {
+            string why = lblk == new FormatOptions().LblkSize ? "" : $" ({SizeParser.Describe(lblk)} lblks: {rawPath}'s size is not a whole number of 64 KiB)";
+            Console.Out.WriteLine($"created {path}: logical size {SizeParser.Describe(size)}, physical size {SizeParser.Describe(physical)} (a sparse file){why}");
+        }
+    }
+
+    /// <summary>The least physical size whose data pblks hold every lblk of <paramref name="logical"/> bytes uncompressed, and two more.</summary>
+    private static long PhysicalFor(long logical, FormatOptions options)
+    {
+        ulong need = (ulong)(logical / Layout.PblkSize) + 2UL * (ulong)(options.LblkSize / Layout.PblkSize);
+        long physical = (long)need * Layout.PblkSize;
+        // The metadata grows with the device (the pblk width may too), so settle on a size that holds it beside the data.
+        for (int round = 0; round < 8; round++)
+        {
+            var header = FormatCommand.Plan("", physical, options);
+            var geometry = Geometry.FromHeader(header, physical);
+            if (geometry.TotalDataPblks >= need)
+            {
+                return physical;
+            }
+            physical += (long)(need - geometry.TotalDataPblks) * Layout.PblkSize;
+        }
+        throw new CliException($"no physical size found for a logical size of {SizeParser.Describe(logical)}");
     }
 
     /// <summary>Makes everything from <paramref name="offset"/> to the end read as zeros, touching only what does not already.</summary>
@@ -94,9 +189,15 @@ public static class ImportCommand
         }
     }
 
-    /// <summary>Counts what is read through it: a pipe's length is known only at its end.</summary>
+    /// <summary>
+    /// Counts what is read through it (a pipe's length is known only at its end), and lets a read that waits for
+    /// input be cancelled: reads from stdin do not heed a token, so an interrupted import would otherwise wait for
+    /// the writer of the pipe. A read left behind fills a buffer of this stream's own, never the caller's.
+    /// </summary>
     private sealed class CountingReadStream(Stream inner) : Stream
     {
+        private byte[] _own = [];
+
         public long BytesRead { get; private set; }
         public override bool CanRead => true;
         public override bool CanSeek => false;
@@ -113,7 +214,13 @@ public static class ImportCommand
 
         public override async ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default)
         {
-            int n = await inner.ReadAsync(buffer, cancellationToken).ConfigureAwait(false);
+            if (_own.Length < buffer.Length)
+            {
+                _own = new byte[buffer.Length];
+            }
+            byte[] own = _own;
+            int n = await inner.ReadAsync(own.AsMemory(0, buffer.Length), CancellationToken.None).AsTask().WaitAsync(cancellationToken).ConfigureAwait(false);
+            own.AsSpan(0, n).CopyTo(buffer.Span);
             BytesRead += n;
             return n;
         }

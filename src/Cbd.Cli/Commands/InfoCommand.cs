@@ -20,22 +20,32 @@ public static class InfoCommand
         var quiet = CliOptions.Quiet();
         var command = new Command("info",
             "Show an image's header, geometry and usage. Usage figures are exact: from the header and pbats of an image closed clean, " +
-            "counted from the lbats of a dirty one (open elsewhere, or not closed clean). " + ExitCodes.GeneralHelp)
+            "counted from the lbats of a dirty one (open elsewhere, or not closed clean). An image in use by cbd serve is read without its lock, " +
+            "never written: its figures are as the server last wrote its lbats back. " + ExitCodes.GeneralHelp)
         {
             image, json, quiet,
         };
-        CommandRunner.SetAction(command, (parse, cancellationToken) =>
+        CliOptions.SetAction(command, (parse, cancellationToken) =>
             RunAsync(parse.GetRequiredValue(image), parse.GetValue(json), parse.GetValue(quiet), cancellationToken));
         return command;
     }
 
     private static async Task<int> RunAsync(string path, bool json, bool quiet, CancellationToken cancellationToken)
     {
-        await using var store = ImageFiles.Open(path, writable: false);
+        await using var store = ImageFiles.OpenForReading(path, out bool inUse);
         await ImageFiles.ReadGeometryAsync(store, path, cancellationToken).ConfigureAwait(false);
-        var usage = await Terminal.WithProgressAsync(quiet, $"reading {Path.GetFileName(path)}", store.Length,
-            progress => DeviceUsage.ReadAsync(store, progress, cancellationToken)).ConfigureAwait(false);
-        var info = ToJson(path, store.Length, usage);
+        UsageReport usage;
+        try
+        {
+            usage = await Terminal.WithProgressAsync(quiet, $"reading {Path.GetFileName(path)}", store.Length,
+                progress => DeviceUsage.ReadAsync(store, progress, cancellationToken)).ConfigureAwait(false);
+        }
+        catch (InvalidDataException e) when (inUse)
+        {
+            // The writer changed the header (a close, a resize) between two reads: nothing here is wrong with the image.
+            throw new CliException($"{path}: changed while it was read (it is in use by another process): {e.Message}; run cbd info again");
+        }
+        var info = ToJson(path, store.Length, usage) with { InUse = inUse };
         if (json)
         {
             CliJsonContext.Print(info, CliJsonContext.Default.InfoJson);
@@ -81,12 +91,14 @@ public static class InfoCommand
         var g = report.Geometry;
         var h = info.Header;
         var u = info.Usage;
-        var console = Terminal.Out;
-        string state = h.Dirty ? "dirty: open elsewhere, or not closed clean" : "closed clean";
+        string state = info.InUse ? "in use by another process (cbd serve?)" : h.Dirty ? "dirty: open elsewhere, or not closed clean" : "closed clean";
 
         var fields = new Fields();
         GeometryText.AddGeometry(fields, g);
-        fields.Add("usage", report.Source == UsageSource.Header
+        fields.Add("usage", info.InUse
+            ? "counted from the lbats as the server last wrote them back, read without its lock: what it still holds in its cache " +
+              "(written within its --flush-delay) is not counted yet, so the figures are approximate"
+            : report.Source == UsageSource.Header
             ? "from the header's stats and the pbats (exact: the image was closed clean)"
             : "counted from the lbats (the header's stats are not kept up to date while the image is dirty)");
         fields.Add("lblks used", $"{u.LblksUsed} of {u.LblksTotal} ({GeometryText.Percent(u.LblksUsed, u.LblksTotal):0.###} %), " +
@@ -94,7 +106,11 @@ public static class InfoCommand
         fields.Add("pblks used", $"{u.PblksUsed} of {u.PblksTotal} ({u.FillPercent:0.###} %), " +
             $"{SizeParser.FormatApproximate(u.PhysicalBytesUsed)} stored");
         fields.Add("compression ratio", $"{u.CompressionRatio:0.000} (logical bytes in use / bytes stored)");
-        if (u.ScanErrors > 0)
+        if (u.ScanErrors > 0 && info.InUse)
+        {
+            fields.Add("not counted", $"{u.ScanErrors} entries that were changing while read (normal on an image in use; cbd check tells lasting damage apart)");
+        }
+        else if (u.ScanErrors > 0)
         {
             fields.Add("problems", $"{u.ScanErrors} errors found while counting; invalid entries are not counted. Run cbd check");
         }
@@ -102,17 +118,10 @@ public static class InfoCommand
 
         if (info.Zones.Count <= ZonesListed)
         {
-            var table = Terminal.NewTable("zone", "first pblk", "data pblks", "pblks used", "fill");
-            foreach (var zone in info.Zones)
-            {
-                table.AddRow(Terminal.Cell(zone.Zone.ToString()), Terminal.Cell(zone.FirstPblk.ToString()), Terminal.Cell(zone.DataPblks.ToString()),
-                    Terminal.Cell(zone.PblksUsed.ToString()), Terminal.Cell($"{zone.FillPercent:0.###} %"));
-            }
-            foreach (int column in new[] { 0, 1, 2, 3, 4 })
-            {
-                table.Columns[column].RightAligned();
-            }
-            console.Write(table);
+            Terminal.WriteRows(["zone", "first pblk", "data pblks", "pblks used", "fill"],
+                info.Zones.Select(z => new[] { z.Zone.ToString(), z.FirstPblk.ToString(), z.DataPblks.ToString(), z.PblksUsed.ToString(), $"{z.FillPercent:0.###} %" })
+                    .ToList(),
+                new HashSet<int> { 0, 1, 2, 3, 4 });
         }
         else
         {

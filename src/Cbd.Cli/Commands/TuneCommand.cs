@@ -20,13 +20,27 @@ public static class TuneCommand
         {
             Description = "on: all-zero lblks are left unallocated; off: they are stored like any others.",
             HelpName = "on|off",
+            CustomParser = result =>
+            {
+                string text = result.Tokens.Count > 0 ? result.Tokens[^1].Value : "";
+                switch (text.Trim().ToLowerInvariant())
+                {
+                    case "on":
+                    case "off":
+                        return text.Trim().ToLowerInvariant();
+                    default:
+                        result.AddError($"--zero-detect: '{text}' is neither on nor off");
+                        return null;
+                }
+            },
         };
-        zeroDetect.AcceptOnlyFromAmong("on", "off");
-        var logicalSize = CliOptions.Size("--logical-size",
-            "New logical size, rounded down to whole lblks: at most what the zones' lbats hold; shrinking is refused while lblks past the new end hold data.");
+        var logicalSize = CliOptions.Relative("--logical-size",
+            "New logical size, rounded down to whole lblks; +SIZE or -SIZE relative to the current one. At most what the zones' lbats hold " +
+            "(set at format by --max-logical-size); shrinking is refused while lblks past the new end hold data.");
+        var quiet = CliOptions.Quiet("and no summary");
         var command = new Command("tune", "Change an image's compression, zero detection or logical size. " + ExitCodes.GeneralHelp)
         {
-            image, compression, zeroDetect, logicalSize,
+            image, compression, zeroDetect, logicalSize, quiet,
         };
         command.Validators.Add(result =>
         {
@@ -35,7 +49,7 @@ public static class TuneCommand
                 result.AddError("Nothing to change: give --compression, --zero-detect or --logical-size.");
             }
         });
-        CommandRunner.SetAction(command, (parse, cancellationToken) =>
+        CliOptions.SetAction(command, (parse, cancellationToken) =>
         {
             var choice = parse.GetValue(compression);
             var options = new TuneOptions
@@ -43,19 +57,31 @@ public static class TuneCommand
                 Algorithm = choice?.Algorithm,
                 Level = choice?.Level,
                 ZeroDetect = parse.GetValue(zeroDetect) switch { "on" => true, "off" => false, _ => null },
-                LogicalBytes = parse.GetValue(logicalSize),
             };
-            return RunAsync(parse.GetRequiredValue(image), options, cancellationToken);
+            return RunAsync(parse.GetRequiredValue(image), options, parse.GetValue(logicalSize), parse.GetValue(quiet), cancellationToken);
         });
         return command;
     }
 
-    private static async Task<int> RunAsync(string path, TuneOptions options, CancellationToken cancellationToken)
+    private static async Task<int> RunAsync(string path, TuneOptions options, RelativeSize? logicalSize, bool quiet, CancellationToken cancellationToken)
     {
         await using var store = ImageFiles.Open(path, writable: true);
-        await ImageFiles.ReadGeometryAsync(store, path, cancellationToken).ConfigureAwait(false);
-        var report = await DeviceTuner.TuneAsync(store, options, cancellationToken).ConfigureAwait(false);
+        var geometry = await ImageFiles.ReadGeometryAsync(store, path, cancellationToken).ConfigureAwait(false);
+        options = options with { LogicalBytes = logicalSize?.Resolve(path, geometry.LogicalBytes) };
+        TuneReport report;
+        try
+        {
+            report = await DeviceTuner.TuneAsync(store, options, cancellationToken).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is MaintenanceRefusedException or ArgumentException)
+        {
+            throw new CliException($"{path}: cannot tune: {CommandText.WithoutParameter(e)}");
+        }
         var (before, after) = (report.Before, report.After);
+        if (quiet)
+        {
+            return ExitCodes.Success;
+        }
         if (!report.Changed)
         {
             Console.Out.WriteLine($"{path}: nothing changed, the settings were already so");
@@ -74,7 +100,6 @@ public static class TuneCommand
 
     private static string Logical(Header header)
     {
-        long bytes = (long)(header.NrLogicalSectors * Layout.SectorSize);
-        return $"{SizeParser.FormatApproximate(bytes)} ({bytes} bytes)";
+        return SizeParser.Describe((long)(header.NrLogicalSectors * Layout.SectorSize));
     }
 }

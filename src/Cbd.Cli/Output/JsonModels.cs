@@ -14,7 +14,8 @@ public sealed record InfoJson(
     HeaderJson Header,
     GeometryJson Geometry,
     UsageJson Usage,
-    IReadOnlyList<ZoneJson> Zones);
+    IReadOnlyList<ZoneJson> Zones,
+    bool InUse = false);
 
 public sealed record HeaderJson(
     int VersionMajor,
@@ -78,7 +79,9 @@ public sealed record CheckJson(
     long PblksUsed,
     long PblksTotal,
     IReadOnlyList<ProblemJson> Problems,
-    RepairJson? Repair);
+    RepairJson? Repair,
+    bool InUse = false,
+    long TransientProblems = 0);
 
 public sealed record ProblemJson(string Kind, string Severity, ulong? Lblk, uint? Zone, ulong? Pblk, string Message);
 

@@ -15,6 +15,18 @@ public static class Terminal
     /// <summary>Results: tables and text. Without a terminal it writes plain text, lines unwrapped.</summary>
     public static IAnsiConsole Out => s_out.Value;
 
+    /// <summary>
+    /// Whether the locale says UTF-8 (LC_ALL, else LC_CTYPE, else LANG, as the C library decides): without it, box
+    /// lines and bar blocks would show as mojibake, so tables and progress bars are drawn in plain ASCII.
+    /// </summary>
+    public static bool Utf8Locale { get; } = IsUtf8Locale();
+
+    private static bool IsUtf8Locale()
+    {
+        string? locale = new[] { "LC_ALL", "LC_CTYPE", "LANG" }.Select(Environment.GetEnvironmentVariable).FirstOrDefault(v => !string.IsNullOrEmpty(v));
+        return locale is not null && (locale.Contains("UTF-8", StringComparison.OrdinalIgnoreCase) || locale.Contains("utf8", StringComparison.OrdinalIgnoreCase));
+    }
+
     private static IAnsiConsole Create(TextWriter writer, bool redirected)
     {
         var console = AnsiConsole.Create(new AnsiConsoleSettings
@@ -23,6 +35,7 @@ public static class Terminal
             Ansi = redirected ? AnsiSupport.No : AnsiSupport.Detect,
             Interactive = redirected ? InteractionSupport.No : InteractionSupport.Detect,
         });
+        console.Profile.Capabilities.Unicode = Utf8Locale;
         if (redirected)
         {
             // A log or a pipe has no width; wrapping table cells at 80 columns would split messages over lines that grep then misses.
@@ -70,17 +83,53 @@ public static class Terminal
             return true;
         });
 
-    /// <summary>Text that is shown as it is: messages and paths may hold '[' which markup would take for a style.</summary>
-    public static IRenderable Cell(string text) => new Text(text);
-
-    public static Table NewTable(params string[] columns)
+    /// <summary>
+    /// Writes rows under column names on stdout. On a terminal: a table with borders (ASCII ones unless the locale is
+    /// UTF-8). Redirected: plain lines, columns separated by two spaces and only the last left unpadded, so that a log
+    /// or grep gets one line per row without box characters or cells wrapped over lines.
+    /// </summary>
+    public static void WriteRows(string[] columns, IReadOnlyList<string[]> rows, ISet<int>? rightAligned = null)
     {
-        var table = new Table().Border(TableBorder.Rounded);
-        foreach (string column in columns)
+        if (!Console.IsOutputRedirected)
         {
-            table.AddColumn(new TableColumn(new Text(column)));
+            var table = new Table().Border(Utf8Locale ? TableBorder.Rounded : TableBorder.Ascii);
+            for (int c = 0; c < columns.Length; c++)
+            {
+                var column = new TableColumn(new Text(columns[c]));
+                table.AddColumn(rightAligned?.Contains(c) == true ? column.RightAligned() : column);
+            }
+            foreach (string[] row in rows)
+            {
+                table.AddRow(row.Select(cell => (IRenderable)new Text(cell)).ToArray());
+            }
+            Out.Write(table);
+            return;
         }
-        return table;
+        int[] widths = new int[columns.Length];
+        foreach (string[] row in rows.Prepend(columns))
+        {
+            for (int c = 0; c < row.Length; c++)
+            {
+                widths[c] = Math.Max(widths[c], row[c].Length);
+            }
+        }
+        var output = Console.Out;
+        foreach (string[] row in rows.Prepend(columns))
+        {
+            var line = new System.Text.StringBuilder();
+            for (int c = 0; c < row.Length; c++)
+            {
+                bool last = c == row.Length - 1;
+                string cell = rightAligned?.Contains(c) == true ? row[c].PadLeft(widths[c]) : last ? row[c] : row[c].PadRight(widths[c]);
+                line.Append(cell);
+                if (!last)
+                {
+                    line.Append("  ");
+                }
+            }
+            output.WriteLine(line.ToString().TrimEnd());
+        }
+        output.Flush();
     }
 }
 

@@ -122,7 +122,7 @@ public sealed partial class CompressedDevice : IBlockDevice
         long physical = store.Length;
         long logical = options.LogicalSize ?? physical / Layout.PblkSize * Layout.PblkSize * 3;
         var flags = (options.ZeroDetect ? HeaderFlags.ZeroDetect : 0) | (options.LblkChecksums ? HeaderFlags.LblkCrc : 0);
-        var header = Geometry.Plan(physical, logical, options.LblkSize, options.Algorithm, level, flags);
+        var header = Geometry.Plan(physical, logical, options.LblkSize, options.Algorithm, level, flags, options.MaxLogicalSize);
         var geometry = Geometry.FromHeader(header, physical);
 
         // Clear the header first: an interrupted format must not leave an old header over new metadata.

@@ -8,6 +8,9 @@ public sealed record FormatOptions
     /// <summary>Logical size in bytes, rounded down to whole lblks; default 3 x the physical size.</summary>
     public long? LogicalSize { get; init; }
 
+    /// <summary>The largest logical size tune or resize can give the image later (its lbats hold that many lblks); default the logical size.</summary>
+    public long? MaxLogicalSize { get; init; }
+
     /// <summary>Logical block size: a power of two from 4 KiB; the largest allowed depends on the device size.</summary>
     public int LblkSize { get; init; } = 64 * 1024;
 

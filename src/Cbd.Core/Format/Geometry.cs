@@ -141,7 +141,12 @@ public sealed class Geometry
     /// Plans a new device: picks nr_zones and lblk_per_zone for the sizes given. Throws
     /// <see cref="ArgumentException"/> with the limit when the sizes cannot be formatted.
     /// </summary>
-    public static Header Plan(long physicalBytes, long logicalBytes, int lblkSize, CompressionAlgorithm algorithm, int level, HeaderFlags flags)
+    /// <param name="maxLogicalBytes">
+    /// The largest logical size the image can later be given without a new format (tune, resize): the
+    /// lbats get an entry for each of its lblks. Null, or less than <paramref name="logicalBytes"/>: the logical size.
+    /// </param>
+    public static Header Plan(long physicalBytes, long logicalBytes, int lblkSize, CompressionAlgorithm algorithm, int level, HeaderFlags flags,
+        long? maxLogicalBytes = null)
     {
         if (lblkSize < Layout.PblkSize || !int.IsPow2(lblkSize))
             throw new ArgumentException($"lblk size {lblkSize}: must be a power of two of at least {Layout.PblkSize}");
@@ -167,6 +172,8 @@ public sealed class Geometry
         long nrLblks = logicalBytes / lblkSize;
         if (nrLblks < 1)
             throw new ArgumentException($"logical size {logicalBytes}: must hold at least one lblk of {lblkSize} bytes");
+        // Every zone gets entries for its share of the ceiling, so that the logical size can grow to it in place.
+        long entries = Math.Max(nrLblks, (maxLogicalBytes ?? 0) / lblkSize);
 
         var alloc = new LblkAllocFormat(shift, nrPblks, crc);
         // Every lblk needs an entry in an lbat on the device. One zone holds the most: header, pbat, the
@@ -188,7 +195,7 @@ public sealed class Geometry
         {
             if (zones == 0 || nrPblks < 4)
                 throw new ArgumentException($"physical size {physicalBytes}: too small for the header and one zone");
-            perZone = ((ulong)nrLblks + zones - 1) / zones;
+            perZone = ((ulong)entries + zones - 1) / zones;
             ulong lbat = (ulong)alloc.LbatPblks((long)perZone);
             ulong fit = MaxZones(nrPblks, lbat);
             if (fit >= zones)

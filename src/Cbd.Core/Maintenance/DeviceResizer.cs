@@ -82,9 +82,9 @@ public static class DeviceResizer
         {
             long missing = need - free;
             throw new MaintenanceRefusedException(
-                $"the data does not fit in {newLength} bytes: {moves.Count} lblks keep {need} pblks ({need * Layout.PblkSize} bytes) of stored data past the new end, " +
-                $"and the zones that stay have {free} free pblks. Free at least {missing * Layout.PblkSize} bytes of stored (compressed) data first, by trimming, " +
-                $"or choose a physical size at least {missing * Layout.PblkSize} bytes larger");
+                $"the data does not fit in {Human(newLength)}: {moves.Count} lblks keep {Human(need * Layout.PblkSize)} of stored data past the new end, " +
+                $"and the zones that stay have {Human(free * Layout.PblkSize)} free. Free at least {Human(missing * Layout.PblkSize)} of stored (compressed) " +
+                $"data first, by trimming, or choose a physical size of at least {Human(newLength + missing * Layout.PblkSize)}");
         }
 
         var actions = new List<string>();
@@ -163,15 +163,16 @@ public static class DeviceResizer
         CancellationToken cancellationToken)
     {
         if (newPhysicalBytes < Layout.HeaderSize)
-            throw new ArgumentOutOfRangeException(nameof(newPhysicalBytes), $"physical size {newPhysicalBytes}: smaller than the header");
+            throw new ArgumentOutOfRangeException(nameof(newPhysicalBytes), $"physical size {Human(newPhysicalBytes)}: smaller than the {Human(Layout.HeaderSize)} header");
         ulong nrPblks = (ulong)newPhysicalBytes / Layout.PblkSize;
         int bits = LblkAllocFormat.PblkBitsFor(nrPblks);
         if (nrPblks > 1UL << 48 || bits != old.Alloc.PblkBits)
         {
             throw new MaintenanceRefusedException(
-                $"physical size {newPhysicalBytes}: this image numbers pblks with {old.Alloc.PblkBits} bits ({old.Alloc.Name}); it can be resized to " +
-                $"{SizeRange(old.Alloc.PblkBits)}. The pblk width fixes the size of every lblk_alloc entry and so the place of every zone: " +
-                "for a size outside that range create a new device and copy the data over (export, then import)");
+                $"physical size {Human(newPhysicalBytes)}: this image can be resized {SizeRange(old.Alloc.PblkBits)} only. Its lblk_alloc entries number " +
+                $"pblks with {old.Alloc.PblkBits} bits ({old.Alloc.Name}), chosen at format for its size then; a size outside that range needs " +
+                $"{LblkAllocFormat.PblkBitsFor(Math.Min(nrPblks, 1UL << 48))}-bit numbers, which change the size of every entry and so the place of every zone. " +
+                "Format a new image of that size and copy the data over (cbd export, then cbd import)");
         }
         ulong metadata = 1 + old.LbatPblks;
         // A zone needs its pbat, its lbat and at least one data pblk before the end of the device.
@@ -179,7 +180,7 @@ public static class DeviceResizer
         if (zones == 0)
         {
             throw new MaintenanceRefusedException(
-                $"physical size {newPhysicalBytes}: too small for the header and one zone of {metadata} metadata pblks");
+                $"physical size {Human(newPhysicalBytes)}: too small for the header and one zone of {metadata} metadata pblks ({Human((long)metadata * Layout.PblkSize)})");
         }
         if (zones > uint.MaxValue)
             throw new MaintenanceRefusedException($"physical size {newPhysicalBytes}: {zones} zones exceed the u32 nr_zones field");
@@ -191,8 +192,8 @@ public static class DeviceResizer
         if (nrLblks > capacity)
         {
             throw new MaintenanceRefusedException(
-                $"physical size {newPhysicalBytes}: its {zones} zones hold {capacity} lblk_alloc entries ({capacity * (ulong)old.LblkSize} bytes of logical space), " +
-                $"fewer than the {old.NrLblks} lblks of the current logical size; give a logical size of at most {capacity * (ulong)old.LblkSize} bytes too");
+                $"physical size {Human(newPhysicalBytes)}: its {zones} zones hold {capacity} lblk_alloc entries ({Human((long)(capacity * (ulong)old.LblkSize))} of logical space), " +
+                $"fewer than the {old.NrLblks} lblks of the current logical size ({Human(old.LogicalBytes)}); give a logical size of at most {Human((long)(capacity * (ulong)old.LblkSize))} too");
         }
 
         var resized = header with
@@ -214,10 +215,32 @@ public static class DeviceResizer
 
     private static string SizeRange(int bits) => bits switch
     {
-        16 => $"at most {(1L << 16) * Layout.PblkSize} bytes (2^16 pblks)",
-        32 => $"from {((1L << 16) + 1) * Layout.PblkSize} bytes (2^16 + 1 pblks) to {(1L << 32) * Layout.PblkSize} bytes (2^32 pblks)",
-        _ => $"from {((1L << 32) + 1) * Layout.PblkSize} bytes (2^32 + 1 pblks) to {(1L << 48) * Layout.PblkSize} bytes (2^48 pblks)",
+        16 => $"to at most {Human((1L << 16) * Layout.PblkSize)} (2^16 pblks)",
+        32 => $"to between {Human(((1L << 16) + 1) * Layout.PblkSize)} and {Human((1L << 32) * Layout.PblkSize)} (2^16 + 1 to 2^32 pblks)",
+        _ => $"to between {Human(((1L << 32) + 1) * Layout.PblkSize)} and {Human((1L << 48) * Layout.PblkSize)} (2^32 + 1 to 2^48 pblks)",
     };
+
+    /// <summary>A size as a person reads it: "256 MiB", or "256 MiB + 4 KiB" for one just past a round number; else bytes after the nearest unit.</summary>
+    internal static string Human(long bytes)
+    {
+        string[] units = ["bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+        int unit = 0;
+        long whole = bytes;
+        while (unit < units.Length - 1 && whole >= 1024 && whole % 1024 == 0)
+        {
+            whole /= 1024;
+            unit++;
+        }
+        if (whole < 1024 || bytes < 1 << 20)
+            return $"{whole} {units[unit]}";
+        // Just past a round size, as the lower bounds of the pblk widths are: say it that way.
+        int top = (63 - (int)long.LeadingZeroCount(bytes)) / 10;
+        long round = bytes >> (10 * top) << (10 * top);
+        long rest = bytes - round;
+        string head = $"{round >> (10 * top)} {units[top]}";
+        return rest == 0 ? head : rest % 1024 == 0 && rest < 1L << 20 ? $"{head} + {rest >> 10} KiB" :
+            $"{(bytes / Math.Pow(1024, top)).ToString("0.0", System.Globalization.CultureInfo.InvariantCulture)} {units[top]} ({bytes} bytes)";
+    }
 
     /// <summary>The claimed pblks in the new geometry's zones; claims outside them belong to lblks that move.</summary>
     private static Pbat[] ClaimsIn(Geometry geometry, Pbat[] oldClaims)

@@ -89,14 +89,15 @@ public static class DeviceTuner
     {
         long lblkSize = geometry.LblkSize;
         if (logicalBytes < lblkSize)
-            throw new ArgumentException($"logical size {logicalBytes}: must hold at least one lblk of {lblkSize} bytes", nameof(logicalBytes));
+            throw new ArgumentException($"logical size {DeviceResizer.Human(logicalBytes)}: less than one lblk of {DeviceResizer.Human(lblkSize)}", nameof(logicalBytes));
         ulong nrLblks = (ulong)(logicalBytes / lblkSize);
         ulong capacity = nrZones * geometry.LblkPerZone;
         if (nrLblks > capacity)
         {
             throw new MaintenanceRefusedException(
-                $"logical size {logicalBytes}: at most {capacity * (ulong)lblkSize} bytes ({capacity} lblks) on {nrZones} zones of {geometry.LblkPerZone} lblk_alloc entries each. " +
-                "More entries per zone would make every lbat larger and move every zone; a larger physical size adds zones, and with them logical space");
+                $"logical size {DeviceResizer.Human(logicalBytes)}: at most {DeviceResizer.Human((long)capacity * lblkSize)} ({capacity} lblks), what the lbats of " +
+                $"{nrZones} zones of {geometry.LblkPerZone} lblk_alloc entries hold; that ceiling was set at format (cbd format --max-logical-size). " +
+                "More entries per zone would make every lbat larger and move every zone; a larger physical size (cbd resize) adds zones, and with them logical space");
         }
         ulong current = geometry.NrLblks;
         // lblks past the old end (on a grow) or the new end (on a shrink): all must be zero entries.
@@ -106,8 +107,8 @@ public static class DeviceTuner
         if (nrLblks < current && summary.Allocated > 0)
         {
             throw new MaintenanceRefusedException(
-                $"logical size {logicalBytes}: {summary.Allocated} lblks past the new end hold data ({summary.Allocated * lblkSize} bytes of logical space, " +
-                $"the first lblk {summary.FirstAllocated} at byte {summary.FirstAllocated * (ulong)lblkSize}); trim them first");
+                $"logical size {DeviceResizer.Human(logicalBytes)}: {summary.Allocated} lblks past the new end hold data ({DeviceResizer.Human(summary.Allocated * lblkSize)} " +
+                $"of logical space, the first lblk {summary.FirstAllocated} at byte {summary.FirstAllocated * (ulong)lblkSize}); trim them first");
         }
         if (summary.NotZero > 0)
         {

@@ -58,7 +58,7 @@ public class DeviceTunerTests
         var grown = await DeviceTuner.TuneAsync(store, new TuneOptions { LogicalBytes = max });
         Assert.Equal((ulong)max / 512, grown.After.NrLogicalSectors);
         var e = await Assert.ThrowsAsync<MaintenanceRefusedException>(() => DeviceTuner.TuneAsync(store, new TuneOptions { LogicalBytes = max + 65536 }));
-        Assert.Contains($"at most {max} bytes", e.Message);
+        Assert.Contains($"at most {max / MiB} MiB", e.Message);
 
         e = await Assert.ThrowsAsync<MaintenanceRefusedException>(() => DeviceTuner.TuneAsync(store, new TuneOptions { LogicalBytes = 50 * 65536L }));
         Assert.Contains("1 lblks past the new end hold data", e.Message);
