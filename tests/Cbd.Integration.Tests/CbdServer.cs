@@ -110,6 +110,12 @@ public sealed class CbdServer : IAsyncDisposable
     public async Task StopAsync()
     {
         _process.Signal(Posix.SigTerm);
+        await AssertStoppedAsync();
+    }
+
+    /// <summary>Waits for the exit a SIGTERM already sent asked for, and asserts it was clean (see <see cref="StopAsync"/>).</summary>
+    public async Task AssertStoppedAsync()
+    {
         Assert.True(await _process.WaitForExitAsync(s_stopTimeout), $"cbd serve still running {s_stopTimeout.TotalSeconds} s after SIGTERM: {_process}");
         Assert.True(_process.ExitCode == 0, $"cbd serve exited with {_process.ExitCode} after SIGTERM: {_process}");
         Assert.False(File.Exists(SocketPath), $"cbd serve left its socket {SocketPath} behind: {_process}");
