@@ -83,6 +83,34 @@ public sealed class ServeAccessTests
         }
     }
 
+    /// <summary>The default socket is named after the image's file name: a second image of that name is told to pick another path.</summary>
+    [Fact]
+    public async Task A_second_image_of_the_same_name_is_told_to_use_socket()
+    {
+        using var scratch = new ScratchDirectory();
+        string runtime = scratch.Directory("runtime");
+        string first = scratch.Directory("a") + "/disk.cbd";
+        string second = scratch.Directory("b") + "/disk.cbd";
+        foreach (string image in new[] { first, second })
+        {
+            await ExternalTool.RunAsync(CbdServer.Executable, ["format", image, "--size", "16M"]);
+        }
+        string pidFile = scratch.File("first.pid");
+        await using ToolProcess serving = ToolProcess.Start("/usr/bin/env",
+            [$"XDG_RUNTIME_DIR={runtime}", CbdServer.Executable, "serve", first, "--pid-file", pidFile]);
+        await Poll.UntilAsync(() => File.Exists(pidFile) || serving.HasExited, TimeSpan.FromSeconds(30), () => $"the first server: {serving}");
+        Assert.True(File.Exists(Path.Combine(runtime, "cbd-disk.sock")), $"no default socket in XDG_RUNTIME_DIR: {serving}");
+
+        var refused = await ExternalTool.TryRunAsync("env", [$"XDG_RUNTIME_DIR={runtime}", CbdServer.Executable, "serve", second]);
+        Assert.True(refused.ExitCode == 1, $"expected exit 1: {refused}");
+        Assert.Contains($"{runtime}/cbd-disk.sock is in use by a running server", refused.StandardError);
+        Assert.Contains("--socket PATH", refused.StandardError);
+        Assert.False(await ImageInspection.NeedsRecoveryAsync(second), "the refused image was left dirty");
+
+        serving.Signal(Posix.SigTerm);
+        Assert.True(await serving.WaitForExitAsync(TimeSpan.FromSeconds(45)) && serving.ExitCode == 0, $"the first server: {serving}");
+    }
+
     private static async Task<string> FormatAsync(ScratchDirectory scratch)
     {
         string image = scratch.File("disk.cbd");
