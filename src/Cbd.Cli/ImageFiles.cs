@@ -108,6 +108,37 @@ public static class ImageFiles
         }
     }
 
+    /// <summary>Creates a new sparse image file, formats it and opens it as a device; nothing is left behind on failure.</summary>
+    /// <exception cref="CliException">The path exists or cannot be created, or the size cannot be formatted.</exception>
+    public static async Task<CompressedDevice> CreateDeviceAsync(string path, long size, FormatOptions format, DeviceOptions options,
+        CancellationToken cancellationToken)
+    {
+        FileBackingStore store;
+        try
+        {
+            store = FileBackingStore.Create(path, size);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new CliException(File.Exists(path) || Directory.Exists(path) ? $"{path}: already exists" : $"{path}: cannot create: {e.Message}");
+        }
+        try
+        {
+            await CompressedDevice.FormatAsync(store, format, cancellationToken).ConfigureAwait(false);
+            return await CompressedDevice.OpenAsync(store, options, cancellationToken).ConfigureAwait(false);
+        }
+        catch (Exception e)
+        {
+            await store.DisposeAsync().ConfigureAwait(false);
+            File.Delete(path);
+            if (e is ArgumentException)
+            {
+                throw new CliException($"{path}: cannot format: {e.Message}");
+            }
+            throw;
+        }
+    }
+
     /// <summary>Whether two paths name the same file: through symbolic links, hard links and bind mounts alike (the same device and inode).</summary>
     public static bool SameFile(string a, string b)
     {

@@ -24,14 +24,34 @@ public static class Program
             Environment.SetEnvironmentVariable(InlineSocketCompletions, "1");
         }
 
-        var check = CheckCommand.Create();
+        RootCommand root = CreateRootCommand();
+        ParseResult parse = root.Parse(args);
+        if (parse.Action is ParseErrorAction)
+        {
+            // One line per error and a pointer to the help, not a screenful of help burying the error.
+            foreach (ParseError error in parse.Errors)
+            {
+                CommandRunner.Error(error.Message);
+            }
+            Console.Error.WriteLine($"Try '{CommandPath(parse.CommandResult)} --help'.");
+            return parse.CommandResult.Command.Name == "check" ? ExitCodes.CheckUsage : ExitCodes.Usage;
+        }
+        // Commands install their own signal handling (serve shuts down gracefully on SIGINT/SIGTERM), so the
+        // library's, which would cancel and then kill the process after a timeout, is switched off.
+        var configuration = new InvocationConfiguration { ProcessTerminationTimeout = null };
+        return await parse.InvokeAsync(configuration).ConfigureAwait(false);
+    }
+
+    /// <summary>The whole command tree, also read by the tests that try every option of every command.</summary>
+    public static RootCommand CreateRootCommand()
+    {
         var root = new RootCommand(
             "cbd: a compressed block device, served over NBD. An image is made with format, filled with import, served with serve, " +
             "and looked after with info, check, resize, tune and export. Every command has --help.")
         {
             FormatCommand.Create(),
             InfoCommand.Create(),
-            check,
+            CheckCommand.Create(),
             ResizeCommand.Create(),
             TuneCommand.Create(),
             ImportCommand.Create(),
@@ -44,22 +64,35 @@ public static class Program
             new HelpAction().Invoke(parse);
             return ExitCodes.Success;
         });
-
-        ParseResult parse = root.Parse(args);
-        if (parse.Action is ParseErrorAction)
+        foreach (Command command in root.Subcommands)
         {
-            // One line per error and a pointer to the help, not a screenful of help burying the error.
-            foreach (ParseError error in parse.Errors)
-            {
-                CommandRunner.Error(error.Message);
-            }
-            Console.Error.WriteLine($"Try '{CommandPath(parse.CommandResult)} --help'.");
-            return parse.CommandResult.Command == check ? ExitCodes.CheckUsage : ExitCodes.Usage;
+            GuardValidators(command);
         }
-        // Commands install their own signal handling (serve shuts down gracefully on SIGINT/SIGTERM), so the
-        // library's, which would cancel and then kill the process after a timeout, is switched off.
-        var configuration = new InvocationConfiguration { ProcessTerminationTimeout = null };
-        return await parse.InvokeAsync(configuration).ConfigureAwait(false);
+        return root;
+    }
+
+    /// <summary>
+    /// A command's validators run before its options' values are converted, and reading a value that does not convert
+    /// throws, which ended the process with a stack trace. Such a validator is skipped: the conversion reports its own
+    /// error, which is the one to show.
+    /// </summary>
+    private static void GuardValidators(Command command)
+    {
+        var validators = command.Validators.ToList();
+        command.Validators.Clear();
+        foreach (var validate in validators)
+        {
+            command.Validators.Add(result =>
+            {
+                try
+                {
+                    validate(result);
+                }
+                catch (InvalidOperationException)
+                {
+                }
+            });
+        }
     }
 
     private static string CommandPath(CommandResult result)

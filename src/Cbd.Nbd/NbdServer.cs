@@ -93,7 +93,8 @@ public sealed class NbdServer : IAsyncDisposable
     /// <see cref="IPEndPoint"/>. Connections are accepted once this returns. May be called once per endpoint.
     /// </summary>
     /// <returns>The bound endpoint.</returns>
-    /// <exception cref="IOException">The Unix socket path is served by a live process, or holds a file that is not a stale socket.</exception>
+    /// <exception cref="IOException">The Unix socket path is served by a live process, or holds a file that is not a stale socket;
+    /// or its group or mode (<see cref="NbdServerOptions.UnixSocketMode"/>) cannot be set.</exception>
     /// <exception cref="SocketException">The endpoint cannot be bound.</exception>
     public async Task<EndPoint> StartAsync(EndPoint endPoint, CancellationToken cancellationToken = default)
     {
@@ -121,6 +122,13 @@ public sealed class NbdServer : IAsyncDisposable
         try
         {
             socket.Bind(endPoint);
+            if (socketPath is not null)
+            {
+                // bind creates the file with the umask's mode, possibly 0777. A socket accepts no connection before
+                // listen (connect gets ECONNREFUSED) and a socket file cannot be opened, so owner and mode set here,
+                // between the two, are the ones every client meets: there is no moment when a wider mode lets one in.
+                UnixSocketFile.SetAccess(socketPath, _options.UnixSocketMode, _options.UnixSocketGroupId);
+            }
             socket.Listen(128);
         }
         catch

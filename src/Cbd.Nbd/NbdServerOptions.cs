@@ -49,6 +49,15 @@ public sealed record NbdServerOptions
     /// </summary>
     public TimeSpan ShutdownTimeout { get; init; } = TimeSpan.FromSeconds(30);
 
+    /// <summary>
+    /// Permissions of the Unix socket files the server creates. Whoever may connect may read and write the whole
+    /// device, so the default is the owner only (0600), whatever the process umask.
+    /// </summary>
+    public UnixFileMode UnixSocketMode { get; init; } = UnixFileMode.UserRead | UnixFileMode.UserWrite;
+
+    /// <summary>Group id given to the Unix socket files the server creates; null keeps the process's group.</summary>
+    public int? UnixSocketGroupId { get; init; }
+
     /// <summary>Receives one line per connection event and per unexpected failure; null to stay silent.</summary>
     public Action<string>? Log { get; init; }
 }

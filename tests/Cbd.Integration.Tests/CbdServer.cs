@@ -49,18 +49,33 @@ public sealed class CbdServer : IAsyncDisposable
     /// <summary>The default export, as libnbd, qemu and fio take it.</summary>
     public string Uri => $"nbd+unix:///?socket={SocketPath}";
 
+    public string StandardOutput => _process.StandardOutput;
+    public string StandardError => _process.StandardError;
+
+    /// <summary>Waits until stdout holds <paramref name="text"/>: the pid file comes after the banner, but the pipe may still hold it.</summary>
+    public Task WaitForStandardOutputAsync(string text)
+        => Poll.UntilAsync(() => StandardOutput.Contains(text, StringComparison.Ordinal), TimeSpan.FromSeconds(10), () => $"'{text}' on stdout: {_process}");
+
     public string Output => $"stdout:\n{_process.StandardOutput}\nstderr:\n{_process.StandardError}";
 
     /// <summary>Creates <paramref name="image"/> with a physical size of <paramref name="size"/> (e.g. "64M") and serves it.</summary>
     public static Task<CbdServer> CreateAsync(string image, string socketPath, string size, params string[] options)
         => StartAsync(image, socketPath, ["--create", "--size", size, .. options]);
 
-    public static async Task<CbdServer> StartAsync(string image, string socketPath, params string[] options)
+    public static Task<CbdServer> StartAsync(string image, string socketPath, params string[] options)
+        => StartUnderUmaskAsync(umask: null, image, socketPath, options);
+
+    /// <summary>Serves <paramref name="image"/> from a process started under <paramref name="umask"/> (octal, e.g. "000"), or the test's own when null.</summary>
+    public static async Task<CbdServer> StartUnderUmaskAsync(string? umask, string image, string socketPath, params string[] options)
     {
         string pidFile = socketPath + ".pid";
         // A server killed earlier leaves its pid file behind; only a file naming the new process means ready.
         File.Delete(pidFile);
-        var process = ToolProcess.Start(Executable, ["serve", image, "--socket", socketPath, "--pid-file", pidFile, .. options]);
+        string[] serve = ["serve", image, "--socket", socketPath, "--pid-file", pidFile, .. options];
+        // The shell sets the umask and then becomes cbd (exec), so the process id is cbd's.
+        var process = umask is null
+            ? ToolProcess.Start(Executable, serve)
+            : ToolProcess.Start("/bin/sh", ["-c", $"umask {umask} && exec \"$0\" \"$@\"", Executable, .. serve]);
         var server = new CbdServer(process, image, socketPath, pidFile);
         try
         {
@@ -95,6 +110,12 @@ public sealed class CbdServer : IAsyncDisposable
     public async Task StopAsync()
     {
         _process.Signal(Posix.SigTerm);
+        await AssertStoppedAsync();
+    }
+
+    /// <summary>Waits for the exit a SIGTERM already sent asked for, and asserts it was clean (see <see cref="StopAsync"/>).</summary>
+    public async Task AssertStoppedAsync()
+    {
         Assert.True(await _process.WaitForExitAsync(s_stopTimeout), $"cbd serve still running {s_stopTimeout.TotalSeconds} s after SIGTERM: {_process}");
         Assert.True(_process.ExitCode == 0, $"cbd serve exited with {_process.ExitCode} after SIGTERM: {_process}");
         Assert.False(File.Exists(SocketPath), $"cbd serve left its socket {SocketPath} behind: {_process}");

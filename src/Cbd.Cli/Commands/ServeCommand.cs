@@ -1,77 +1,100 @@
 using System.CommandLine;
-using System.Net;
-using System.Net.Sockets;
+using System.CommandLine.Parsing;
+using System.Globalization;
 using System.Runtime.InteropServices;
+using Cbd.Cli.Serve;
 using Cbd.Core.Engine;
-using Cbd.Core.Storage;
+using Cbd.Core.Format;
 using Cbd.Nbd;
 
 namespace Cbd.Cli.Commands;
 
 /// <summary>
 /// <c>cbd serve IMAGE</c>: opens (or creates) an image and serves it over NBD until SIGINT or SIGTERM, then
-/// finishes in-flight requests, flushes, closes the image clean and removes its socket.
+/// finishes in-flight requests, flushes, closes the image clean and removes its socket and pid file.
 /// </summary>
 public static class ServeCommand
 {
-    private static readonly Argument<string> s_image = new("IMAGE") { Description = "The cbd image file (or block device) to serve." };
+    private const double MaxFlushDelaySeconds = 86400;
+
+    private static readonly Argument<string> s_image = CliOptions.Image("The cbd image file (or block device) to serve.");
 
     private static readonly Option<string?> s_socket = new("--socket")
     {
-        Description = "Unix socket to listen on. Default, unless --listen is given: $XDG_RUNTIME_DIR/cbd-NAME.sock, or /tmp/cbd-NAME.sock without XDG_RUNTIME_DIR, NAME being the image file name without its extension.",
+        Description = "Unix socket to listen on. Default, unless --listen is given: $XDG_RUNTIME_DIR/cbd-NAME.sock, or /tmp/cbd-NAME.sock " +
+            "without XDG_RUNTIME_DIR, NAME being the image file name without its extension (serve two images of one name with --socket).",
         HelpName = "PATH",
     };
 
-    private static readonly Option<string?> s_listen = new("--listen")
+    private static readonly Option<UnixFileMode?> s_socketMode = new("--socket-mode")
     {
-        Description = "Also or instead listen on TCP: PORT (on 127.0.0.1) or HOST:PORT. Without --socket, only TCP is served.",
-        HelpName = "[HOST:]PORT",
+        Description = "Permissions of the Unix socket, in octal. Whoever can connect can read and write the whole device, so the default is 600 " +
+            "(owner only, whatever the umask), or 660 with --socket-group.",
+        HelpName = "MODE",
+        CustomParser = SocketAccess.ParseModeArgument,
     };
 
-    private static readonly Option<string?> s_name = new("--name")
+    private static readonly Option<UnixGroup?> s_socketGroup = new("--socket-group")
+    {
+        Description = "Give the Unix socket to this group (a name or a numeric id), so that its members can connect.",
+        HelpName = "GROUP",
+        CustomParser = SocketAccess.ParseGroupArgument,
+    };
+
+    private static readonly Option<ListenAddress?> s_listen = new("--listen", "--port", "-p")
+    {
+        Description = "Also or instead listen on TCP: PORT (on 127.0.0.1), HOST:PORT or [IPv6]:PORT; port 0 takes a free one. " +
+            "Without --socket, only TCP is served. TCP has no access control: anyone who reaches the address can use the device.",
+        HelpName = ListenAddress.Syntax,
+        CustomParser = ParseListen,
+    };
+
+    private static readonly Option<string?> s_name = new("--name", "--export-name", "-e")
     {
         Description = "Export name. Default: the image file name without its extension. Clients asking for the default (empty) name get this export too.",
         HelpName = "EXPORT",
     };
 
-    private static readonly Option<bool> s_readOnly = new("--read-only") { Description = "Open the image read-only and refuse writes." };
+    private static readonly Option<bool> s_readOnly = new("--read-only", "-r") { Description = "Open the image read-only and refuse writes." };
 
-    private static readonly Option<long> s_cache = new("--cache")
-    {
-        Description = "Memory for the lblk cache, e.g. 256M.",
-        HelpName = "SIZE",
-        CustomParser = SizeParser.ParseArgument,
-        DefaultValueFactory = _ => new DeviceOptions().CacheBytes,
-    };
+    private static readonly Option<long?> s_cache = CliOptions.Size("--cache",
+        $"Memory for the lblk cache, e.g. 256M. Default: {Short(new DeviceOptions().CacheBytes)}.");
 
-    private static readonly Option<double> s_flushDelay = new("--flush-delay")
+    private static readonly Option<double?> s_flushDelay = new("--flush-delay")
     {
-        Description = "Seconds a written lblk may stay in the cache before it is written back.",
+        Description = $"Seconds (0 to {MaxFlushDelaySeconds}) a written lblk may stay in the cache before it is written back. " +
+            $"Default: {new DeviceOptions().FlushDelay.TotalSeconds.ToString(CultureInfo.InvariantCulture)}.",
         HelpName = "SECONDS",
-        DefaultValueFactory = _ => new DeviceOptions().FlushDelay.TotalSeconds,
+        CustomParser = ParseFlushDelay,
     };
 
-    private static readonly Option<string?> s_pidFile = new("--pid-file")
+    private static readonly Option<string?> s_pidFile = new("--pid-file", "-P")
     {
-        Description = "Write the process id here once the server accepts connections; removed on exit.",
+        Description = "Write the process id here once the server accepts connections and has printed its URIs; removed on exit. A symbolic link is refused.",
         HelpName = "PATH",
     };
 
     private static readonly Option<int> s_maxConnections = PositiveOption<int>("--max-connections",
-        "Connections served at once; more are closed as soon as they connect.", "N", new NbdServerOptions().MaxConnections);
+        "Connections served at once; more are closed as soon as they connect.", "N", new NbdServerOptions().MaxConnections, max: 65536);
 
     private static readonly Option<double> s_handshakeTimeout = PositiveOption<double>("--handshake-timeout",
-        "Seconds a client has to finish option haggling before its connection is closed.", "SECONDS", new NbdServerOptions().HandshakeTimeout.TotalSeconds);
+        "Seconds a client has to finish option haggling before its connection is closed.", "SECONDS", new NbdServerOptions().HandshakeTimeout.TotalSeconds, max: 3600);
 
-    private static Option<T> PositiveOption<T>(string name, string description, string helpName, T defaultValue)
+    private static Option<T> PositiveOption<T>(string name, string description, string helpName, T defaultValue, T max)
         where T : struct, System.Numerics.INumber<T>
     {
-        var option = new Option<T>(name) { Description = description, HelpName = helpName, DefaultValueFactory = _ => defaultValue };
+        var option = new Option<T>(name)
+        {
+            Description = $"{description} Default: {defaultValue}.",
+            HelpName = helpName,
+            DefaultValueFactory = _ => defaultValue,
+        };
         option.Validators.Add(result =>
         {
-            if (result.GetValueOrDefault<T>() <= T.Zero)
+            T value = result.GetValueOrDefault<T>();
+            if (value <= T.Zero || value > max)
             {
-                result.AddError($"{name} must be larger than 0.");
+                result.AddError($"{name}: {value}, expected more than 0 and at most {max}.");
             }
         });
         return option;
@@ -84,10 +107,10 @@ public static class ServeCommand
 
     public static Command Create()
     {
-        var command = new Command("serve", "Serve an image over NBD until interrupted. " +
-            "Exit codes: 0 after a clean shutdown (SIGINT or SIGTERM); 1 the image could not be opened or served, or not closed clean; 2 the command line was not understood.")
+        var command = new Command("serve", "Serve an image over NBD until interrupted (SIGINT or SIGTERM, at any moment, end with the image closed clean). " +
+            "Exit codes: 0 after a clean shutdown; 1 the image could not be opened or served, or not closed clean; 2 the command line was not understood.")
         {
-            s_image, s_socket, s_listen, s_name, s_readOnly, s_cache, s_flushDelay, s_pidFile, s_create, s_size,
+            s_image, s_socket, s_socketMode, s_socketGroup, s_listen, s_name, s_readOnly, s_cache, s_flushDelay, s_pidFile, s_create, s_size,
             s_maxConnections, s_handshakeTimeout,
         };
         command.Validators.Add(result =>
@@ -102,209 +125,152 @@ public static class ServeCommand
             {
                 result.AddError("--size is only used with --create.");
             }
-            if (result.GetValue(s_flushDelay) is < 0 or > 86400)
+            bool unix = result.GetResult(s_socket) is not null || result.GetResult(s_listen) is null;
+            if (!unix && (result.GetResult(s_socketMode) is not null || result.GetResult(s_socketGroup) is not null))
             {
-                result.AddError("--flush-delay must be between 0 and 86400 seconds.");
-            }
-            if (result.GetResult(s_cache) is not null && result.GetValue(s_cache) <= 0)
-            {
-                result.AddError("--cache must be larger than 0.");
+                result.AddError("--socket-mode and --socket-group apply to a Unix socket; --listen alone serves none (add --socket PATH).");
             }
         });
-        command.SetAction((parseResult, _) => RunAsync(parseResult));
+        CommandRunner.SetAction(command, (parse, _) => RunAsync(parse));
         return command;
     }
 
     private static async Task<int> RunAsync(ParseResult parse)
     {
+        // First of all: from here on a signal at any moment ends in a clean close, never with the image left open.
+        using var shutdown = new ShutdownSignal();
         string image = parse.GetRequiredValue(s_image);
         bool readOnly = parse.GetValue(s_readOnly);
-        string name = parse.GetValue(s_name) ?? Path.GetFileNameWithoutExtension(image);
-        string? pidFile = parse.GetValue(s_pidFile);
-        var deviceOptions = new DeviceOptions
+        var deviceOptions = new DeviceOptions { ReadOnly = readOnly, Log = Log };
+        deviceOptions = deviceOptions with
         {
-            ReadOnly = readOnly,
-            CacheBytes = parse.GetValue(s_cache),
-            FlushDelay = TimeSpan.FromSeconds(parse.GetValue(s_flushDelay)),
+            CacheBytes = parse.GetValue(s_cache) ?? deviceOptions.CacheBytes,
+            FlushDelay = parse.GetValue(s_flushDelay) is { } seconds ? TimeSpan.FromSeconds(seconds) : deviceOptions.FlushDelay,
         };
 
-        EndPoint? tcp = null;
-        string? socketPath = parse.GetValue(s_socket);
+        if (parse.GetValue(s_pidFile) is { } pidPath)
+        {
+            PidFile.CheckPath(pidPath);
+        }
+        CompressedDevice device = parse.GetValue(s_create)
+            ? await CreateAsync(image, parse.GetValue(s_size)!.Value, deviceOptions).ConfigureAwait(false)
+            : await ImageFiles.OpenDeviceAsync(image, deviceOptions, CancellationToken.None).ConfigureAwait(false);
+        int exitCode = ExitCodes.Failed;
+        PidFile? pidFile = null;
         try
         {
-            if (parse.GetValue(s_listen) is { } listen)
+            if (device.Recovered)
             {
-                tcp = ParseListen(listen);
+                Log($"{image} was not closed cleanly: pbats and usage rebuilt from the lbats");
             }
+            // A signal that came while the image was being opened: close it again without serving.
+            exitCode = shutdown.IsSignalled ? ExitCodes.Success : await ServeAsync(parse, image, device, shutdown, written => pidFile = written).ConfigureAwait(false);
         }
-        catch (FormatException ex)
+        finally
         {
-            return Fail(ex.Message);
-        }
-        if (socketPath is null && tcp is null)
-        {
-            socketPath = DefaultSocketPath(image);
-        }
-
-        CompressedDevice device;
-        try
-        {
-            device = await OpenDeviceAsync(image, parse.GetValue(s_create), parse.GetValue(s_size), deviceOptions).ConfigureAwait(false);
-        }
-        catch (Exception ex) when (IsUserError(ex))
-        {
-            return Fail($"{image}: {ex.Message}");
-        }
-
-        using var shutdown = new ShutdownSignal();
-        var server = new NbdServer(device, name, readOnly, $"cbd image {Path.GetFileName(image)}",
-            new NbdServerOptions
+            if (!await CloseAsync(image, device, readOnly).ConfigureAwait(false))
             {
-                MaxConnections = parse.GetValue(s_maxConnections),
-                HandshakeTimeout = TimeSpan.FromSeconds(parse.GetValue(s_handshakeTimeout)),
-                Log = line => Console.Error.WriteLine($"cbd: {line}"),
-            });
-        int exitCode = 0;
-        bool pidWritten = false;
+                exitCode = ExitCodes.Failed;
+            }
+            // Last, so that a script waiting for the file to go waits for the image to be closed.
+            pidFile?.Dispose();
+        }
+        return exitCode;
+    }
+
+    private static async Task<int> ServeAsync(ParseResult parse, string image, CompressedDevice device, ShutdownSignal shutdown, Action<PidFile> pidWritten)
+    {
+        string name = parse.GetValue(s_name) ?? Path.GetFileNameWithoutExtension(image);
+        bool readOnly = parse.GetValue(s_readOnly);
+        UnixGroup? group = parse.GetValue(s_socketGroup);
+        await using var monitor = new SpaceMonitor(device, image, Log);
+        var options = new NbdServerOptions
+        {
+            Log = Log,
+            MaxConnections = parse.GetValue(s_maxConnections),
+            HandshakeTimeout = TimeSpan.FromSeconds(parse.GetValue(s_handshakeTimeout)),
+            UnixSocketMode = parse.GetValue(s_socketMode) ?? (group is null ? SocketAccess.DefaultMode : SocketAccess.GroupMode),
+            UnixSocketGroupId = group?.Id,
+        };
+        var server = new NbdServer(monitor, name, readOnly, $"cbd image {Path.GetFileName(image)}", options);
         try
         {
+            ListenAddress? listen = parse.GetValue(s_listen);
+            string? socketPath = parse.GetValue(s_socket);
             var uris = new List<string>();
-            if (socketPath is not null)
+            if (socketPath is not null || listen is null)
             {
-                await server.StartAsync(new UnixDomainSocketEndPoint(socketPath)).ConfigureAwait(false);
-                uris.Add($"nbd+unix:///{Uri.EscapeDataString(name)}?socket={socketPath}");
+                string option = socketPath is null ? "" : "--socket";
+                socketPath ??= DefaultSocketPath(image);
+                uris.Add(await Listeners.StartUnixAsync(server, socketPath, option, name, CancellationToken.None).ConfigureAwait(false));
             }
-            if (tcp is not null)
+            if (listen is not null)
             {
-                var bound = (IPEndPoint)await server.StartAsync(tcp).ConfigureAwait(false);
-                string host = bound.AddressFamily == AddressFamily.InterNetworkV6 ? $"[{bound.Address}]" : bound.Address.ToString();
-                uris.Add($"nbd://{host}:{bound.Port}/{Uri.EscapeDataString(name)}");
+                uris.Add(await Listeners.StartTcpAsync(server, listen, name, CancellationToken.None).ConfigureAwait(false));
             }
-            if (pidFile is not null)
+            DeviceStats stats = device.GetStats();
+            foreach (string line in AttachHints.Lines(image, name, device.Size, device.BlockSize, server.IsReadOnly, stats.LblksUsed, uris, socketPath))
             {
-                // Written whole, then renamed into place: a script polling for it never reads it half-written.
-                string partial = pidFile + ".partial";
-                await File.WriteAllTextAsync(partial, $"{Environment.ProcessId}\n").ConfigureAwait(false);
-                File.Move(partial, pidFile, overwrite: true);
-                pidWritten = true;
+                Console.WriteLine(line);
             }
-            PrintBanner(image, device, name, readOnly, uris, socketPath);
-            await shutdown.WaitAsync().ConfigureAwait(false);
-            Console.Error.WriteLine("cbd: shutting down: finishing requests in flight");
-        }
-        catch (Exception ex) when (IsUserError(ex))
-        {
-            Console.Error.WriteLine($"cbd: {ex.Message}");
-            exitCode = 1;
-        }
+            Console.Out.Flush();
+            // Last: a script that waits for the pid file finds the server accepting and its URIs printed.
+            if (parse.GetValue(s_pidFile) is { } pidPath)
+            {
+                pidWritten(PidFile.Write(pidPath));
+            }
 
+            string signal = await shutdown.WaitAsync().ConfigureAwait(false) == PosixSignal.SIGINT ? "SIGINT" : "SIGTERM";
+            Log($"{signal}: shutting down: finishing requests in flight");
+            return ExitCodes.Success;
+        }
+        finally
+        {
+            // Stops accepting, lets requests in flight finish, and removes the socket files.
+            await server.StopAsync().ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>Flushes (unless read-only) and closes the image; false, with the reason logged, when it could not be closed clean.</summary>
+    private static async Task<bool> CloseAsync(string image, CompressedDevice device, bool readOnly)
+    {
+        bool clean = true;
         try
         {
-            await server.StopAsync().ConfigureAwait(false);
             if (!readOnly)
             {
                 await device.FlushAsync().ConfigureAwait(false);
             }
         }
-        catch (Exception ex) when (IsUserError(ex))
+        catch (Exception ex) when (ex is IOException or InvalidOperationException)
         {
-            Console.Error.WriteLine($"cbd: flushing {image} failed: {ex.Message}");
-            exitCode = 1;
-        }
-        finally
-        {
-            try
-            {
-                await device.DisposeAsync().ConfigureAwait(false);
-            }
-            catch (Exception ex) when (IsUserError(ex))
-            {
-                Console.Error.WriteLine($"cbd: closing {image} failed: {ex.Message}");
-                exitCode = 1;
-            }
-            if (socketPath is not null && exitCode == 0)
-            {
-                TryDelete(socketPath);
-            }
-            if (pidWritten)
-            {
-                TryDelete(pidFile!);
-            }
-        }
-        return exitCode;
-    }
-
-    private static async Task<CompressedDevice> OpenDeviceAsync(string image, bool create, long? size, DeviceOptions options)
-    {
-        FileBackingStore store;
-        if (create)
-        {
-            if (File.Exists(image))
-            {
-                throw new IOException("already exists; drop --create to serve it");
-            }
-            store = FileBackingStore.Create(image, size!.Value);
-            try
-            {
-                await CompressedDevice.FormatAsync(store, new FormatOptions()).ConfigureAwait(false);
-            }
-            catch
-            {
-                await store.DisposeAsync().ConfigureAwait(false);
-                TryDelete(image);
-                throw;
-            }
-        }
-        else
-        {
-            if (!File.Exists(image))
-            {
-                throw new FileNotFoundException("no such file (use --create --size SIZE to make a new image)");
-            }
-            store = FileBackingStore.Open(image, writable: !options.ReadOnly);
+            CommandRunner.Error($"flushing {image} failed: {ex.Message}");
+            clean = false;
         }
         try
         {
-            return await CompressedDevice.OpenAsync(store, options).ConfigureAwait(false);
+            await device.DisposeAsync().ConfigureAwait(false);
         }
-        catch
+        catch (Exception ex) when (ex is IOException or InvalidOperationException)
         {
-            await store.DisposeAsync().ConfigureAwait(false);
-            throw;
+            CommandRunner.Error($"closing {image} failed: {ex.Message}");
+            clean = false;
         }
+        return clean;
     }
 
-    private static void PrintBanner(string image, CompressedDevice device, string name, bool readOnly, List<string> uris, string? socketPath)
+    private static async Task<CompressedDevice> CreateAsync(string image, long size, DeviceOptions options)
     {
-        if (device.Recovered)
-            Console.Error.WriteLine($"cbd: {image} was not closed cleanly: pbats and usage rebuilt from the lbats");
-        Console.WriteLine($"cbd: serving {image} as export \"{name}\": {SizeParser.Format(device.Size)}, lblk {SizeParser.Format(device.BlockSize)}{(readOnly ? ", read-only" : "")}");
-        foreach (string uri in uris)
+        if (File.Exists(image) || Directory.Exists(image))
         {
-            Console.WriteLine($"  {uri}");
+            throw new CliException($"{image}: already exists; drop --create to serve it");
         }
-        string first = uris[0];
-        string fuse = $"/tmp/{name}-fuse";
-        Console.WriteLine("Attach with:");
-        Console.WriteLine($"  nbdinfo '{first}'                      # size, block sizes, capabilities");
-        Console.WriteLine($"  qemu-img info '{first}'                # or -drive file={first},format=raw");
-        if (socketPath is not null)
-        {
-            Console.WriteLine($"  modprobe nbd && nbd-client -unix {socketPath} -N {name} /dev/nbd0");
-        }
-        else
-        {
-            var uri = new Uri(first);
-            Console.WriteLine($"  modprobe nbd && nbd-client {uri.Host.Trim('[', ']')} {uri.Port} -N {name} /dev/nbd0");
-        }
-        Console.WriteLine($"  mkdir -p {fuse} /mnt/{name} && nbdfuse {fuse} '{first}' &");
-        Console.WriteLine($"  loop=$(losetup -f --show {fuse}/nbd) && mkfs.ext4 $loop && mount $loop /mnt/{name}");
-        Console.Out.Flush();
+        return await ImageFiles.CreateDeviceAsync(image, size, new FormatOptions(), options, CancellationToken.None).ConfigureAwait(false);
     }
 
     /// <summary>
-    /// A per-user runtime directory keeps the socket private to its user; /tmp is the fallback where none is set.
-    /// Unix socket paths are limited to 107 bytes, so the name stays short.
+    /// A per-user runtime directory keeps the socket private to its user; /tmp is the fallback where none is set, where the
+    /// socket's own mode (600 by default) keeps other users out. Unix socket paths are limited to 107 bytes, so the name stays short.
     /// </summary>
     private static string DefaultSocketPath(string image)
     {
@@ -314,82 +280,30 @@ public static class ServeCommand
         return Path.Combine(directory, $"cbd-{Path.GetFileNameWithoutExtension(image)}.sock");
     }
 
-    /// <summary>Parses <c>PORT</c> (loopback), <c>HOST:PORT</c> or <c>[IPv6]:PORT</c>.</summary>
-    /// <exception cref="FormatException">The text is none of those; the message says what was expected.</exception>
-    private static IPEndPoint ParseListen(string text)
+    private static ListenAddress? ParseListen(ArgumentResult result)
     {
-        if (ushort.TryParse(text, out ushort port))
+        string text = result.Tokens.Count > 0 ? result.Tokens[^1].Value : "";
+        if (ListenAddress.TryParse(text, out ListenAddress? address, out string error))
         {
-            return new IPEndPoint(IPAddress.Loopback, port);
+            return address;
         }
-        int colon = text.LastIndexOf(':');
-        if (colon > 0 && ushort.TryParse(text.AsSpan(colon + 1), out port))
-        {
-            string host = text[..colon].Trim('[', ']');
-            if (IPAddress.TryParse(host, out IPAddress? address))
-            {
-                return new IPEndPoint(address, port);
-            }
-            try
-            {
-                IPAddress[] addresses = Dns.GetHostAddresses(host);
-                if (addresses.Length > 0)
-                {
-                    return new IPEndPoint(addresses.FirstOrDefault(a => a.AddressFamily == AddressFamily.InterNetwork) ?? addresses[0], port);
-                }
-            }
-            catch (SocketException)
-            {
-            }
-            throw new FormatException($"--listen {text}: cannot resolve host '{host}'");
-        }
-        throw new FormatException($"--listen {text}: expected PORT or HOST:PORT with PORT from 0 to 65535");
+        result.AddError($"--listen: {error}");
+        return null;
     }
 
-    private static bool IsUserError(Exception ex)
-        => ex is IOException or UnauthorizedAccessException or InvalidDataException or ArgumentException or SocketException or FormatException;
-
-    private static int Fail(string message)
+    private static double? ParseFlushDelay(ArgumentResult result)
     {
-        Console.Error.WriteLine($"cbd: {message}");
-        return 1;
+        string text = result.Tokens.Count > 0 ? result.Tokens[^1].Value : "";
+        if (double.TryParse(text, NumberStyles.AllowDecimalPoint, CultureInfo.InvariantCulture, out double seconds) && seconds <= MaxFlushDelaySeconds)
+        {
+            return seconds;
+        }
+        result.AddError($"--flush-delay: invalid value '{text}': expected seconds from 0 to {MaxFlushDelaySeconds}, e.g. 5 or 0.5");
+        return null;
     }
 
-    private static void TryDelete(string path)
-    {
-        try
-        {
-            File.Delete(path);
-        }
-        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
-        {
-        }
-    }
+    /// <summary>"64M" rather than 67108864: the way the size would be typed.</summary>
+    private static string Short(long bytes) => SizeParser.Format(bytes).Replace(" ", "", StringComparison.Ordinal).Replace("iB", "", StringComparison.Ordinal);
 
-    /// <summary>
-    /// Completes on the first SIGINT or SIGTERM and keeps the process alive for the graceful shutdown; a second
-    /// signal is left to its default action, so an impatient user can still end the process at once.
-    /// </summary>
-    private sealed class ShutdownSignal : IDisposable
-    {
-        private readonly TaskCompletionSource _signalled = new(TaskCreationOptions.RunContinuationsAsynchronously);
-        private readonly PosixSignalRegistration _interrupt;
-        private readonly PosixSignalRegistration _terminate;
-
-        public ShutdownSignal()
-        {
-            _interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, Handle);
-            _terminate = PosixSignalRegistration.Create(PosixSignal.SIGTERM, Handle);
-        }
-
-        public Task WaitAsync() => _signalled.Task;
-
-        private void Handle(PosixSignalContext context) => context.Cancel = _signalled.TrySetResult();
-
-        public void Dispose()
-        {
-            _interrupt.Dispose();
-            _terminate.Dispose();
-        }
-    }
+    private static void Log(string line) => Console.Error.WriteLine($"cbd: {line}");
 }

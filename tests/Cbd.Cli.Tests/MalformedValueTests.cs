@@ -1,0 +1,97 @@
+using System.CommandLine;
+using System.CommandLine.Help;
+
+namespace Cbd.Cli.Tests;
+
+/// <summary>
+/// Every option of every command, read from the tool's own command tree so that a new option is covered too, given
+/// values it cannot take: the tool must answer with one line per error and exit 2 (16 for check), never a stack trace.
+/// </summary>
+public class MalformedValueTests
+{
+    /// <summary>Values no option that takes a number, a size, an address, a mode or a choice accepts.</summary>
+    private static readonly string[] s_malformed = ["abc", "-1", "99999999999999999999999", "1.5.7", ""];
+
+    public static TheoryData<string, string, string> Cases
+    {
+        get
+        {
+            var cases = new TheoryData<string, string, string>();
+            foreach (Command command in Program.CreateRootCommand().Subcommands)
+            {
+                foreach (Option option in command.Options)
+                {
+                    if (option is HelpOption)
+                    {
+                        continue;
+                    }
+                    foreach (string value in s_malformed)
+                    {
+                        cases.Add(command.Name, option.Name, value);
+                    }
+                    // The option last on the line with no value at all.
+                    cases.Add(command.Name, option.Name, "<none>");
+                }
+            }
+            return cases;
+        }
+    }
+
+    [Fact]
+    public void The_table_covers_every_command()
+    {
+        var covered = new HashSet<string>();
+        foreach (object?[] row in Cases)
+        {
+            covered.Add((string)row[0]!);
+        }
+        var listed = new HashSet<string>(CommandLineTests.Commands);
+        Assert.Equal(listed.Order(), covered.Order());
+    }
+
+    [Theory]
+    [MemberData(nameof(Cases))]
+    public async Task A_malformed_value_is_a_usage_error_never_a_stack_trace(string commandName, string optionName, string value)
+    {
+        using var scratch = new Scratch();
+        Command command = Program.CreateRootCommand().Subcommands.Single(c => c.Name == commandName);
+        Option option = command.Options.Single(o => o.Name == optionName);
+        // Arguments name files that do not exist: a value that is accepted after all leads to "no such file", never to
+        // a command that runs (or a server that starts).
+        List<string> arguments = [commandName, .. command.Arguments.Select((_, i) => scratch.File($"missing-{i}.cbd"))];
+        if (value == "<none>")
+        {
+            arguments.Add(optionName);
+        }
+        else
+        {
+            arguments.Add($"{optionName}={value}");
+        }
+
+        var result = await CbdTool.TryRunAsync([.. arguments], timeout: TimeSpan.FromSeconds(30));
+        CbdTool.AssertNoStackTrace(result);
+        Assert.DoesNotContain("Aborted", result.StandardError);
+        Assert.All(result.StandardError.Split('\n', StringSplitOptions.RemoveEmptyEntries),
+            line => Assert.True(line.StartsWith("cbd: ", StringComparison.Ordinal) || line.StartsWith("Try 'cbd", StringComparison.Ordinal),
+                $"not a one-line error: {line}\n{result}"));
+
+        bool check = commandName == "check";
+        int usage = check ? 16 : 2;
+        int failed = check ? 8 : 1;
+        bool freeText = option.ValueType == typeof(string);
+        if (freeText && value != "<none>")
+        {
+            // A path or a name takes any text: the command goes on and fails on the missing file instead.
+            Assert.True(result.ExitCode == failed || result.ExitCode == usage, $"expected exit {failed} or {usage}: {result}");
+        }
+        else if (option.ValueType == typeof(bool) && value is "" or "<none>")
+        {
+            // A flag alone is its normal use, and so is a flag with an empty value.
+            Assert.True(result.ExitCode == failed || result.ExitCode == usage, $"expected exit {failed} or {usage}: {result}");
+        }
+        else
+        {
+            Assert.True(result.ExitCode == usage, $"expected exit {usage}: {result}");
+        }
+    }
+}
