@@ -109,18 +109,20 @@ public static class ServeCommand
 
         EndPoint? tcp = null;
         string? socketPath = parse.GetValue(s_socket);
+        SystemdActivation? activation;
         try
         {
             if (parse.GetValue(s_listen) is { } listen)
             {
                 tcp = ParseListen(listen);
             }
+            activation = SystemdActivation.Take(listenersGiven: socketPath is not null || tcp is not null);
         }
-        catch (FormatException ex)
+        catch (Exception ex) when (ex is FormatException or CliException)
         {
             return Fail(ex.Message);
         }
-        if (socketPath is null && tcp is null)
+        if (socketPath is null && tcp is null && activation is null)
         {
             socketPath = DefaultSocketPath(image);
         }
@@ -143,6 +145,10 @@ public static class ServeCommand
         try
         {
             var uris = new List<string>();
+            if (activation is not null)
+            {
+                uris.AddRange(activation.Start(server, name));
+            }
             if (socketPath is not null)
             {
                 await server.StartAsync(new UnixDomainSocketEndPoint(socketPath)).ConfigureAwait(false);
@@ -162,7 +168,7 @@ public static class ServeCommand
                 File.Move(partial, pidFile, overwrite: true);
                 pidWritten = true;
             }
-            PrintBanner(image, device, name, readOnly, uris, socketPath);
+            PrintBanner(image, device, name, readOnly, uris, socketPath ?? activation?.UnixSocketPath);
             await shutdown.WaitAsync().ConfigureAwait(false);
             Console.Error.WriteLine("cbd: shutting down: finishing requests in flight");
         }
