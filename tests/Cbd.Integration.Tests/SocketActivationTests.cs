@@ -149,7 +149,7 @@ public sealed class SocketActivationTests
     /// <summary>
     /// Starts <c>systemd-socket-activate -l ADDRESS cbd ARGS</c> and returns once it listens (it says so on stderr).
     /// </summary>
-    private static async Task<ToolProcess> StartActivatorAsync(string address, string[] cbdArguments)
+    internal static async Task<ToolProcess> StartActivatorAsync(string address, string[] cbdArguments)
     {
         ToolProcess activator = ExternalTool.Start("systemd-socket-activate", ["-l", address, CbdServer.Executable, .. cbdArguments]);
         try
@@ -166,14 +166,14 @@ public sealed class SocketActivationTests
         }
     }
 
-    private static async Task StopAsync(ToolProcess server)
+    internal static async Task StopAsync(ToolProcess server)
     {
         server.Signal(Posix.SigTerm);
         Assert.True(await server.WaitForExitAsync(s_timeout), $"cbd still running {s_timeout.TotalSeconds} s after SIGTERM: {server}");
         Assert.True(server.ExitCode == 0, $"cbd exited with {server.ExitCode} after SIGTERM: {server}");
     }
 
-    private static async Task<JsonElement> ExportInfoAsync(string uri)
+    internal static async Task<JsonElement> ExportInfoAsync(string uri)
     {
         ExternalTool.Result result = await ExternalTool.RunAsync("nbdinfo", ["--json", uri]);
         using JsonDocument json = JsonDocument.Parse(result.StandardOutput);
