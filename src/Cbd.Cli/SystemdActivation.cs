@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Net;
 using System.Net.Sockets;
 using System.Runtime.InteropServices;
@@ -69,7 +70,8 @@ internal sealed partial class SystemdActivation
         {
             return null;
         }
-        if (!int.TryParse(pidText, out int pid) || pid <= 0)
+        // Digits only, as systemd writes them: no sign, no spaces.
+        if (!int.TryParse(pidText, NumberStyles.None, CultureInfo.InvariantCulture, out int pid) || pid == 0)
         {
             throw new CliException($"socket activation: {ListenPid}={pidText} is not a process id");
         }
@@ -77,7 +79,7 @@ internal sealed partial class SystemdActivation
         {
             return null;
         }
-        if (!int.TryParse(countText, out int count) || count is < 0 or > MaxFds)
+        if (!int.TryParse(countText, NumberStyles.None, CultureInfo.InvariantCulture, out int count) || count > MaxFds)
         {
             throw new CliException($"socket activation: {ListenFds}={countText ?? "(unset)"} is not a count of file descriptors from 0 to {MaxFds}");
         }

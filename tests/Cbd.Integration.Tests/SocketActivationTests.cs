@@ -108,6 +108,7 @@ public sealed class SocketActivationTests
     /// </summary>
     [Theory]
     [InlineData("LISTEN_FDS=many", "", "cbd: socket activation: LISTEN_FDS=many is not a count of file descriptors from 0 to 1024")]
+    [InlineData("LISTEN_FDS=-1", "", "cbd: socket activation: LISTEN_FDS=-1 is not a count of file descriptors from 0 to 1024")]
     [InlineData("LISTEN_FDS=1 LISTEN_FDNAMES=a:b", "", "cbd: socket activation: LISTEN_FDNAMES=a:b names 2 file descriptors, LISTEN_FDS=1")]
     [InlineData("LISTEN_FDS=1 LISTEN_FDNAMES=disk.socket", "3<\"$1\"", "cbd: socket activation: fd 3 (disk.socket) is not a socket")]
     public async Task MalformedActivation_IsOneLineError(string variables, string redirection, string expected)
