@@ -105,7 +105,8 @@ public sealed class NbdServer : IAsyncDisposable
     /// <summary>
     /// Serves a socket that is already bound and listening, such as one passed by systemd socket activation. The
     /// server owns it from now on and closes it on <see cref="StopAsync"/>, but never deletes its Unix socket file:
-    /// whoever created the file removes it.
+    /// whoever created the file removes it. (Disposing a <see cref="Socket"/> that this process bound with
+    /// <see cref="Socket.Bind"/> makes .NET unlink the file; a socket wrapped from a passed descriptor has no such tie.)
     /// </summary>
     /// <returns>The socket's local endpoint.</returns>
     /// <exception cref="ArgumentException">The socket is not a listening stream socket.</exception>
