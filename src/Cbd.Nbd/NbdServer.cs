@@ -137,9 +137,38 @@ public sealed class NbdServer : IAsyncDisposable
             throw;
         }
 
-        EndPoint bound = socket.LocalEndPoint ?? endPoint;
+        return AddListener(socket, socket.LocalEndPoint ?? endPoint, socketPath);
+    }
+
+    /// <summary>
+    /// Serves a socket that is already bound and listening, such as one passed by systemd socket activation. The
+    /// server owns it from now on and closes it on <see cref="StopAsync"/>, but never deletes its Unix socket file:
+    /// whoever created the file removes it. (Disposing a <see cref="Socket"/> that this process bound with
+    /// <see cref="Socket.Bind"/> makes .NET unlink the file; a socket wrapped from a passed descriptor has no such tie.)
+    /// </summary>
+    /// <returns>The socket's local endpoint.</returns>
+    /// <exception cref="ArgumentException">The socket is not a listening stream socket.</exception>
+    public EndPoint Start(Socket listening)
+    {
+        ArgumentNullException.ThrowIfNull(listening);
+        EndPoint? bound = listening.LocalEndPoint;
+        if (bound is null || listening.SocketType != SocketType.Stream
+            || (int)listening.GetSocketOption(SocketOptionLevel.Socket, SocketOptionName.AcceptConnection)! == 0)
+        {
+            ThrowHelper.ThrowArgument(nameof(listening), "The socket is not a bound, listening stream socket.");
+        }
+        return AddListener(listening, bound, socketPath: null);
+    }
+
+    private EndPoint AddListener(Socket socket, EndPoint bound, string? socketPath)
+    {
         lock (_lock)
         {
+            if (_stopping)
+            {
+                socket.Dispose();
+                ThrowHelper.ThrowInvalidOperation("The server is stopping.");
+            }
             var listener = new Listener(socket, bound, socketPath, Task.Run(() => AcceptLoopAsync(socket)));
             _listeners.Add(listener);
         }

@@ -21,6 +21,9 @@ public static class ExternalTool
         ["umount"] = "mount",
         ["fusermount3"] = "fuse3",
         ["stat"] = "coreutils",
+        ["systemd-socket-activate"] = "systemd",
+        ["systemd-analyze"] = "systemd",
+        ["man"] = "man-db",
     };
 
     public sealed record Result(string CommandLine, int ExitCode, string StandardOutput, string StandardError)

@@ -85,7 +85,7 @@ public static class ServeCommand
     {
         var option = new Option<T>(name)
         {
-            Description = $"{description} Default: {defaultValue}.",
+            Description = description,
             HelpName = helpName,
             DefaultValueFactory = _ => defaultValue,
         };
@@ -152,6 +152,8 @@ public static class ServeCommand
         {
             PidFile.CheckPath(pidPath);
         }
+        // Sockets passed by a service manager (systemd socket activation) replace the default socket.
+        var activation = SystemdActivation.Take(listenersGiven: parse.GetValue(s_socket) is not null || parse.GetValue(s_listen) is not null);
         CompressedDevice device = parse.GetValue(s_create)
             ? await CreateAsync(image, parse.GetValue(s_size)!.Value, deviceOptions).ConfigureAwait(false)
             : await ImageFiles.OpenDeviceAsync(image, deviceOptions, CancellationToken.None).ConfigureAwait(false);
@@ -164,7 +166,7 @@ public static class ServeCommand
                 Log($"{image} was not closed cleanly: pbats and usage rebuilt from the lbats");
             }
             // A signal that came while the image was being opened: close it again without serving.
-            exitCode = shutdown.IsSignalled ? ExitCodes.Success : await ServeAsync(parse, image, device, shutdown, written => pidFile = written).ConfigureAwait(false);
+            exitCode = shutdown.IsSignalled ? ExitCodes.Success : await ServeAsync(parse, image, device, shutdown, activation, written => pidFile = written).ConfigureAwait(false);
         }
         finally
         {
@@ -178,7 +180,8 @@ public static class ServeCommand
         return exitCode;
     }
 
-    private static async Task<int> ServeAsync(ParseResult parse, string image, CompressedDevice device, ShutdownSignal shutdown, Action<PidFile> pidWritten)
+    private static async Task<int> ServeAsync(ParseResult parse, string image, CompressedDevice device, ShutdownSignal shutdown, SystemdActivation? activation,
+        Action<PidFile> pidWritten)
     {
         string name = parse.GetValue(s_name) ?? Path.GetFileNameWithoutExtension(image);
         bool readOnly = parse.GetValue(s_readOnly);
@@ -198,7 +201,12 @@ public static class ServeCommand
             ListenAddress? listen = parse.GetValue(s_listen);
             string? socketPath = parse.GetValue(s_socket);
             var uris = new List<string>();
-            if (socketPath is not null || listen is null)
+            if (activation is not null)
+            {
+                uris.AddRange(activation.Start(server, name));
+                socketPath = activation.UnixSocketPath;
+            }
+            else if (socketPath is not null || listen is null)
             {
                 string option = socketPath is null ? "" : "--socket";
                 socketPath ??= DefaultSocketPath(image);
