@@ -323,7 +323,8 @@ internal sealed partial class NbdConnection
     /// <paramref name="piece"/>, which holds the first piece already read. The send lock is held throughout, as
     /// nothing may come between. A piece that fails after the header went out cannot be reported: the header
     /// promised its bytes, and the client would take whatever came next for data. Closing the connection is the
-    /// only honest answer, and the client then fails the read.
+    /// only honest answer (the spec: "either length bytes of data must be sent or a hard disconnect must be
+    /// initiated"), and the client then fails the read.
     /// </summary>
     private async ValueTask StreamReadAsync(NbdRequest request, Memory<byte> piece)
     {

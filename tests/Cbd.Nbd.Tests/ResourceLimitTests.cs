@@ -132,6 +132,8 @@ public sealed class ResourceLimitTests
             }
         }
         await PollAsync(() => pool.RentedBytes == 0, "the stalled clients' pieces were not returned when they left");
+        // And, with no large request since, unmapped within two trim intervals.
+        await PollAsync(() => pool.RetainedBytes == 0, $"{pool.RetainedBytes} bytes still mapped after the load was gone");
     }
 
     [Fact]
