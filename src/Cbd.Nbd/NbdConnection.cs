@@ -98,7 +98,15 @@ internal sealed partial class NbdConnection
         handshake.CancelAfter(_options.HandshakeTimeout);
         bool timedOut() => handshake.IsCancellationRequested && !stop.IsCancellationRequested;
         bool transmit;
-        using (handshake.Token.Register(static state => ((NbdConnection)state!).Close(), this))
+        // Logged before the socket closes, so that the line is there by the time the client sees the close.
+        using (handshake.Token.Register(() =>
+        {
+            if (timedOut())
+            {
+                Log($"{_peer}: handshake not finished within {_options.HandshakeTimeout.TotalSeconds:0.###} s, closing");
+            }
+            Close();
+        }))
         {
             try
             {
@@ -109,12 +117,7 @@ internal sealed partial class NbdConnection
                 transmit = false;
             }
         }
-        if (timedOut())
-        {
-            Log($"{_peer}: handshake not finished within {_options.HandshakeTimeout.TotalSeconds:0.###} s, closing");
-            return false;
-        }
-        return transmit;
+        return transmit && !timedOut();
     }
 
     /// <summary>Stops reading new requests; the ones in flight finish and <see cref="RunAsync"/> then returns.</summary>
