@@ -27,6 +27,7 @@ internal sealed partial class NbdConnection
     private readonly SemaphoreSlim _sendLock = new(1, 1);
     private readonly InFlightLimiter _limiter;
     private readonly PayloadPool _pool;
+    private readonly int _receivePiece;
 
     /// <summary>Cancelled to stop reading: on server shutdown or once a send has failed.</summary>
     private readonly CancellationTokenSource _stopReading = new();
@@ -40,7 +41,7 @@ internal sealed partial class NbdConnection
 
     private volatile bool _broken;
 
-    public NbdConnection(Socket socket, NbdExport export, NbdServerOptions options, PayloadPool pool)
+    public NbdConnection(Socket socket, NbdExport export, NbdServerOptions options, PayloadPool pool, int receivePiece)
     {
         _socket = socket;
         _export = export;
@@ -50,6 +51,7 @@ internal sealed partial class NbdConnection
         // sent straight on the socket. A socket may be read by one thread and written by another at once.
         _input = new BufferedStream(new NetworkStream(socket, ownsSocket: false), ReceiveBufferSize);
         _pool = pool;
+        _receivePiece = receivePiece;
         _limiter = new InFlightLimiter(options.MaxInFlightRequests, options.MaxInFlightBytes);
     }
 

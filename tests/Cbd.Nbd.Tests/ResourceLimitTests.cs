@@ -99,6 +99,7 @@ public sealed class ResourceLimitTests
         const int Clients = 48;
         await using ServerHarness harness = await ServerHarness.StartAsync(new MemoryBlockDevice(64 * MiB, blockSize: 65536));
         PayloadPool pool = harness.Server.PayloadPool;
+        int piece = harness.Server.ReceivePieceSize;
         long budget = new NbdServerOptions().MaxServerInFlightBytes;
         var stalled = new List<RawNbdClient>();
         try
@@ -109,9 +110,9 @@ public sealed class ResourceLimitTests
                 stalled.Add(client);
                 await client.HandshakeAsync(structured: false);
                 // A piece and a half: the first piece is written to the device, the second stays half full.
-                await client.SendRequestAsync(CmdWrite, (ulong)i, 0, 32 * MiB, 0, new byte[pool.PieceSize * 3 / 2]);
+                await client.SendRequestAsync(CmdWrite, (ulong)i, 0, 32 * MiB, 0, new byte[piece * 3 / 2]);
             }
-            await PollAsync(() => pool.RentedBytes == (long)Clients * pool.PieceSize, $"48 stalled writes did not each hold one piece; {pool.RentedBytes} bytes rented");
+            await PollAsync(() => pool.RentedBytes == (long)Clients * piece, $"48 stalled writes did not each hold one piece; {pool.RentedBytes} bytes rented");
             Assert.InRange(pool.PeakRentedBytes, 0, budget);
 
             // Another client is served meanwhile, a large request included.
@@ -217,7 +218,7 @@ public sealed class ResourceLimitTests
         Assert.Equal(0u, (await client.ReadReplyAsync()).Error);
         Assert.True(device.Snapshot().AsSpan(4099, data.Length).SequenceEqual(data), "the data stored differs");
         Assert.Equal(1, device.FlushCount);
-        Assert.InRange(harness.Server.PayloadPool.PeakRentedBytes, 1, harness.Server.PayloadPool.PieceSize);
+        Assert.InRange(harness.Server.PayloadPool.PeakRentedBytes, 1, harness.Server.ReceivePieceSize);
     }
 
     [Fact]
