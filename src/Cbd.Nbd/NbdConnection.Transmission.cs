@@ -39,7 +39,7 @@ internal sealed partial class NbdConnection
             {
                 return;
             }
-            if (request.Command == NbdCommand.Write && request.Length > _pool.PieceSize)
+            if (request.Command == NbdCommand.Write && request.Length > _receivePiece)
             {
                 // Received piece by piece into one buffer, each piece written to the device as it arrives, so
                 // the request never holds more than a piece however slowly its data comes.
@@ -47,7 +47,7 @@ internal sealed partial class NbdConnection
                 continue;
             }
 
-            // A READ larger than a piece holds one piece at a time too (see ReadAsync).
+            // A READ larger than a piece of the pool holds one piece at a time too (see ReadAsync).
             long cost = request.Command is NbdCommand.Read or NbdCommand.Write ? Math.Min(request.Length, _pool.PieceSize) : 0;
             await _limiter.AcquireAsync(cost, cancellationToken).ConfigureAwait(false);
             PayloadBuffer payload = default;
@@ -103,12 +103,12 @@ internal sealed partial class NbdConnection
         long offset = (long)request.Offset;
         long remaining = request.Length;
         Exception? failure = null;
-        PayloadBuffer piece = await _pool.RentAsync(_pool.PieceSize, cancellationToken).ConfigureAwait(false);
+        PayloadBuffer piece = await _pool.RentAsync(_receivePiece, cancellationToken).ConfigureAwait(false);
         try
         {
             while (remaining > 0)
             {
-                Memory<byte> data = piece.Memory[..(int)Math.Min(remaining, _pool.PieceSize)];
+                Memory<byte> data = piece.Memory[..(int)Math.Min(remaining, _receivePiece)];
                 await _input.ReadExactlyAsync(data, cancellationToken).ConfigureAwait(false);
                 if (failure is null)
                 {
@@ -325,7 +325,8 @@ internal sealed partial class NbdConnection
     /// <paramref name="piece"/>, which holds the first piece already read. The send lock is held throughout, as
     /// nothing may come between. A piece that fails after the header went out cannot be reported: the header
     /// promised its bytes, and the client would take whatever came next for data. Closing the connection is the
-    /// only honest answer, and the client then fails the read.
+    /// only honest answer (the spec: "either length bytes of data must be sent or a hard disconnect must be
+    /// initiated"), and the client then fails the read.
     /// </summary>
     private async ValueTask StreamReadAsync(NbdRequest request, Memory<byte> piece)
     {

@@ -27,6 +27,7 @@ internal sealed partial class NbdConnection
     private readonly SemaphoreSlim _sendLock = new(1, 1);
     private readonly InFlightLimiter _limiter;
     private readonly PayloadPool _pool;
+    private readonly int _receivePiece;
 
     /// <summary>Cancelled to stop reading: on server shutdown or once a send has failed.</summary>
     private readonly CancellationTokenSource _stopReading = new();
@@ -40,7 +41,7 @@ internal sealed partial class NbdConnection
 
     private volatile bool _broken;
 
-    public NbdConnection(Socket socket, NbdExport export, NbdServerOptions options, PayloadPool pool)
+    public NbdConnection(Socket socket, NbdExport export, NbdServerOptions options, PayloadPool pool, int receivePiece)
     {
         _socket = socket;
         _export = export;
@@ -50,6 +51,7 @@ internal sealed partial class NbdConnection
         // sent straight on the socket. A socket may be read by one thread and written by another at once.
         _input = new BufferedStream(new NetworkStream(socket, ownsSocket: false), ReceiveBufferSize);
         _pool = pool;
+        _receivePiece = receivePiece;
         _limiter = new InFlightLimiter(options.MaxInFlightRequests, options.MaxInFlightBytes);
     }
 
@@ -98,7 +100,15 @@ internal sealed partial class NbdConnection
         handshake.CancelAfter(_options.HandshakeTimeout);
         bool timedOut() => handshake.IsCancellationRequested && !stop.IsCancellationRequested;
         bool transmit;
-        using (handshake.Token.Register(static state => ((NbdConnection)state!).Close(), this))
+        // Logged before the socket closes, so that the line is there by the time the client sees the close.
+        using (handshake.Token.Register(() =>
+        {
+            if (timedOut())
+            {
+                Log($"{_peer}: handshake not finished within {_options.HandshakeTimeout.TotalSeconds:0.###} s, closing");
+            }
+            Close();
+        }))
         {
             try
             {
@@ -109,12 +119,7 @@ internal sealed partial class NbdConnection
                 transmit = false;
             }
         }
-        if (timedOut())
-        {
-            Log($"{_peer}: handshake not finished within {_options.HandshakeTimeout.TotalSeconds:0.###} s, closing");
-            return false;
-        }
-        return transmit;
+        return transmit && !timedOut();
     }
 
     /// <summary>Stops reading new requests; the ones in flight finish and <see cref="RunAsync"/> then returns.</summary>

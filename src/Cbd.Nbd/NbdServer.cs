@@ -50,13 +50,20 @@ public sealed class NbdServer : IAsyncDisposable
         {
             ThrowHelper.ThrowArgument(nameof(options), "The handshake timeout must be positive.");
         }
-        // One piece per connection fits in the budget, so connections stalled halfway through a request, each
-        // holding its piece, still leave one to every other connection.
+        // A WRITE is received in pieces of which one per connection fits in the budget, so connections stalled
+        // halfway through their data, each holding its piece, still leave one to every other connection. A READ
+        // goes out in pieces of up to 1 MiB: one device call per 256 KiB instead made 1 MiB reads a quarter
+        // slower (fio, iodepth 16), as the device loads the lblks of one call in parallel.
         long share = Math.Clamp(_options.MaxServerInFlightBytes / _options.MaxConnections, PayloadPool.MinPieceSize, PayloadPool.MaxPieceSize);
-        _payloadPool = new PayloadPool(_options.MaxServerInFlightBytes, 1 << BitOperations.Log2((ulong)share));
+        ReceivePieceSize = 1 << BitOperations.Log2((ulong)share);
+        long largest = Math.Min(_options.MaxServerInFlightBytes, PayloadPool.MaxPieceSize);
+        _payloadPool = new PayloadPool(_options.MaxServerInFlightBytes, 1 << BitOperations.Log2((ulong)largest));
     }
 
     public string ExportName => _export.Name;
+
+    /// <summary>The pieces a WRITE larger than one is received in: a share of the budget per connection.</summary>
+    internal int ReceivePieceSize { get; }
 
     /// <summary>Connections being served now.</summary>
     internal int ConnectionCount
@@ -279,7 +286,7 @@ public sealed class NbdServer : IAsyncDisposable
                     LogRefusalLocked();
                     continue;
                 }
-                connection = new NbdConnection(client, _export, _options, _payloadPool);
+                connection = new NbdConnection(client, _export, _options, _payloadPool, ReceivePieceSize);
                 // The connection starts only once it is registered, so that StopAsync, which takes the same
                 // lock, either sees it and shuts it down or has already closed the listener it came from.
                 run = RunConnectionAsync(connection, started.Task);

@@ -19,18 +19,18 @@ public sealed record NbdServerOptions
     /// <summary>
     /// Payload bytes of all connections together held in memory at once, buffers kept for reuse included, so
     /// that the server's memory does not grow with the number of clients or the size of their requests.
-    /// Requests larger than a piece (this divided by <see cref="MaxConnections"/>, a power of two from 64 KiB
-    /// to 1 MiB; 256 KiB by default) are received and sent piece by piece, so none ever needs more than one
-    /// piece at once; and as every connection fits one piece in the budget, clients that stall halfway
-    /// through a request cannot take all of it from the others.
+    /// WRITEs larger than a piece (this divided by <see cref="MaxConnections"/>, a power of two from 64 KiB to
+    /// 1 MiB; 256 KiB by default) are received piece by piece, and as every connection fits one piece in the
+    /// budget, clients that stall halfway through their data cannot take all of it from the others. READs
+    /// larger than 1 MiB are read and sent 1 MiB at a time. No request holds more than one piece at once.
     /// </summary>
     public long MaxServerInFlightBytes { get; init; } = 16L << 20;
 
     /// <summary>
     /// Connections served at once; one more is closed as soon as it is accepted (and logged, at most once a
-    /// second). 64 is the order of qemu-nbd's and nbdkit's defaults, far above what one image's clients use
-    /// (nbdcopy opens 4, the kernel one per queue), and it bounds what idle or stalled connections can
-    /// hold: each keeps a 64 KiB receive buffer and, mid-request, one payload piece.
+    /// second). 64 is well above what the clients of one image open (nbdcopy 4, nbd-client one per
+    /// connection it is told to make, qemu and nbdfuse one), and it bounds what idle or stalled connections
+    /// can hold: each keeps a 64 KiB receive buffer and, mid-WRITE, one 256 KiB piece.
     /// </summary>
     public int MaxConnections { get; init; } = 64;
 

@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using CsCheck;
+using Xunit.Abstractions;
 
 namespace Cbd.Nbd.Tests;
 
@@ -11,7 +12,7 @@ namespace Cbd.Nbd.Tests;
 /// Streams are built mostly from well-formed messages with fields pushed to their edges, so that they get
 /// past the magic numbers into the parsers, with plain random bytes among them.
 /// </summary>
-public sealed class FuzzTests
+public sealed class FuzzTests(ITestOutputHelper output)
 {
     private const ulong ExportSize = 1 << 20;
     private static readonly TimeSpan s_closeTimeout = TimeSpan.FromSeconds(20);
@@ -87,12 +88,12 @@ public sealed class FuzzTests
     [Fact]
     public void OptionParsers_HoldTheirPromises_OnGeneratedStreams()
         => s_option.Array[0, 8].Select(options => Concat(options))
-            .Sample(stream => NbdFuzzTargets.FuzzOptions(stream), time: Seconds);
+            .Sample(stream => NbdFuzzTargets.FuzzOptions(stream), output.WriteLine, time: Seconds);
 
     [Fact]
     public void RequestValidation_HoldsItsPromises_OnGeneratedStreams()
         => Gen.Select(Gen.Byte, s_request.Array[0, 12]).Select((state, requests) => Concat([[state], .. requests]))
-            .Sample(stream => NbdFuzzTargets.FuzzRequests(stream), time: Seconds);
+            .Sample(stream => NbdFuzzTargets.FuzzRequests(stream), output.WriteLine, time: Seconds);
 
     [Fact]
     public void FuzzTargets_TakeAnyBytes()
@@ -101,7 +102,7 @@ public sealed class FuzzTests
         {
             NbdFuzzTargets.FuzzOptions(bytes);
             NbdFuzzTargets.FuzzRequests(bytes);
-        }, time: 1);
+        }, output.WriteLine, time: 1);
     }
 
     [Fact]
@@ -114,7 +115,7 @@ public sealed class FuzzTests
             await client.ReadGreetingAsync();
             await ExchangeAsync(client, stream);
             AssertNoUnexpectedFailure(harness);
-        }, time: Seconds, threads: 1);
+        }, output.WriteLine, time: Seconds, threads: 1);
         await AssertStillServingAsync(harness);
     }
 
@@ -128,7 +129,7 @@ public sealed class FuzzTests
             await client.HandshakeAsync(input.Structured, input.Allocation);
             await ExchangeAsync(client, input.Stream);
             AssertNoUnexpectedFailure(harness);
-        }, time: Seconds, threads: 1);
+        }, output.WriteLine, time: Seconds, threads: 1);
         await AssertStillServingAsync(harness);
     }
 
