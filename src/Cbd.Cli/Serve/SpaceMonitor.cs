@@ -42,6 +42,7 @@ public sealed class SpaceMonitor : IBlockDevice
     public long Size => _device.Size;
     public int BlockSize => _device.BlockSize;
     public bool IsReadOnly => _device.IsReadOnly;
+    public bool CanProvision => _device.CanProvision;
 
     public ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken = default)
         => _device.ReadAsync(offset, buffer, cancellationToken);

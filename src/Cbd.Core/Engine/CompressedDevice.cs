@@ -142,6 +142,10 @@ public sealed partial class CompressedDevice : IBlockDevice
     /// Opens a device and takes ownership of <paramref name="store"/>. A bad image throws
     /// <see cref="InvalidDataException"/> naming the field, its value and what was expected, and nothing
     /// is written to it. An image not closed clean is recovered (pbats and stats rebuilt from the lbats).
+    /// Damage below the header never refuses the image: an lblk with an invalid entry reads as
+    /// <see cref="LblkCorruptException"/>, and the pbats of a clean image are checked against every lbat
+    /// before write-back first allocates (docs/FORMAT.md, "Damage"); findings go to
+    /// <see cref="DeviceOptions.Log"/>.
     /// </summary>
     public static async ValueTask<CompressedDevice> OpenAsync(IBackingStore store, DeviceOptions? options = null, CancellationToken cancellationToken = default)
     {
