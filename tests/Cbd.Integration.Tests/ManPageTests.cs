@@ -128,6 +128,6 @@ public sealed partial class ManPageTests
     [GeneratedRegex(@"\\f[BIRP]")]
     private static partial Regex FontEscape();
 
-    [GeneratedRegex(@"(?<![\w-])--?[a-z?][a-z-]*")]
+    [GeneratedRegex(@"(?<![\w-])(?:--[a-z][a-z-]*|-[a-zA-Z?](?![\w-]))")]
     private static partial Regex ManOptionName();
 }
