@@ -80,24 +80,28 @@ public static class ServeCommand
     private static readonly Option<double> s_handshakeTimeout = PositiveOption<double>("--handshake-timeout",
         "Seconds a client has to finish option haggling before its connection is closed.", "SECONDS", new NbdServerOptions().HandshakeTimeout.TotalSeconds, max: 3600);
 
+    /// <summary>A number more than 0 and at most <paramref name="max"/>; anything else is a usage error naming the option.</summary>
     private static Option<T> PositiveOption<T>(string name, string description, string helpName, T defaultValue, T max)
         where T : struct, System.Numerics.INumber<T>
     {
-        var option = new Option<T>(name)
+        // Checked while parsing rather than by a validator, which would read a value that did not convert.
+        var styles = typeof(T) == typeof(double) ? NumberStyles.Float : NumberStyles.Integer;
+        return new Option<T>(name)
         {
             Description = description,
             HelpName = helpName,
             DefaultValueFactory = _ => defaultValue,
-        };
-        option.Validators.Add(result =>
-        {
-            T value = result.GetValueOrDefault<T>();
-            if (value <= T.Zero || value > max)
+            CustomParser = result =>
             {
-                result.AddError($"{name}: {value}, expected more than 0 and at most {max}.");
-            }
-        });
-        return option;
+                string text = result.Tokens.Count == 1 ? result.Tokens[0].Value : "";
+                if (T.TryParse(text, styles, CultureInfo.InvariantCulture, out T value) && value > T.Zero && value <= max)
+                {
+                    return value;
+                }
+                result.AddError($"{name}: '{text}', expected a number more than 0 and at most {max}.");
+                return default;
+            },
+        };
     }
 
     private static readonly Option<bool> s_create = new("--create") { Description = "Create and format IMAGE, which must not exist yet (needs --size)." };

@@ -35,6 +35,11 @@ public sealed class ShutdownSignal : IDisposable
     public void Dispose()
     {
         _interrupt.Dispose();
-        _terminate.Dispose();
+        // Once shutting down, a repeated SIGTERM must find a handler until the process has exited: unregistered
+        // here, one arriving between the image's close and the exit would end the process with status 143.
+        if (!IsSignalled)
+        {
+            _terminate.Dispose();
+        }
     }
 }

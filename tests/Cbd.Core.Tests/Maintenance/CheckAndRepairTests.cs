@@ -57,7 +57,7 @@ public class CheckAndRepairTests
         await using (var device = await OpenAsync(store, new DeviceOptions { ReadOnly = true }))
             stats = device.GetStats();
         var progress = new List<double>();
-        var report = await DeviceChecker.CheckAsync(store, new CheckOptions { Data = true }, new SyncProgress<double>(progress.Add));
+        var report = await DeviceChecker.CheckAsync(store, new CheckOptions { Data = true }, new SyncProgress<double>(p => { lock (progress) progress.Add(p); }));
         Assert.Empty(report.Problems);
         Assert.True(report.IsClean && report.DataChecked);
         Assert.Equal(40, report.LblksUsed);

@@ -46,7 +46,7 @@ public class ImageCopierTests
             await using (var device = await OpenAsync(store))
             {
                 var seen = new List<(long Done, long Total)>();
-                await ImageCopier.ImportAsync(new MemoryStream(source), device, new SyncProgress<(long, long)>(seen.Add));
+                await ImageCopier.ImportAsync(new MemoryStream(source), device, new SyncProgress<(long, long)>(p => { lock (seen) seen.Add(p); }));
                 Assert.Equal((source.Length, (long)source.Length), seen.MaxBy(p => p.Done));
                 Assert.Equal(NonZeroLblks(source), device.GetStats().LblksUsed);
                 Assert.Equal(0, device.GetStats().DirtyLblks);
@@ -56,7 +56,7 @@ public class ImageCopierTests
                 using var file = File.OpenHandle(path, FileMode.Create, FileAccess.ReadWrite, FileShare.None, FileOptions.Asynchronous);
                 RandomAccess.Write(file, new byte[3 * MiB].AsSpan(), 0); // an old file's contents must not survive
                 seen.Clear();
-                await ImageCopier.ExportAsync(device, file, new SyncProgress<(long, long)>(seen.Add));
+                await ImageCopier.ExportAsync(device, file, new SyncProgress<(long, long)>(p => { lock (seen) seen.Add(p); }));
                 Assert.Equal((device.Size, device.Size), seen.MaxBy(p => p.Done));
                 Assert.Equal(device.Size, RandomAccess.GetLength(file));
             }
