@@ -59,8 +59,9 @@ public sealed class RepairReport
 /// and a second run finishes the job: the store is extended first when truncated (harmless: the header
 /// still describes it). Then the entries are rewritten (each lbat sector old or new), fsync: this only
 /// removes references to pblks, so pbats that were trusted still mark every pblk in use (at worst a
-/// leak), and it must come before the dirty flag, because an open that rebuilds from the lbats refuses
-/// an image with invalid entries. Then the dirty flag is set, fsync, so the next open rebuilds the pbats
+/// leak); it comes before the dirty flag, so that an open that rebuilds from the lbats after a cut finds
+/// the cleared entries and no longer keeps their lblks reading as errors. Then the dirty flag is set,
+/// fsync, so the next open rebuilds the pbats
 /// and stats whatever happens after; then the pbats, fsync; last the header with the new stats and the
 /// flag cleared.</para>
 /// <para>A header that fails its checksum or gives no valid geometry is not repaired: every position in

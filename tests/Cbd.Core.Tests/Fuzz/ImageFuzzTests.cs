@@ -147,7 +147,31 @@ public class ImageFuzzTests(ITestOutputHelper output)
         SampleAsync(
             Gen.Select(Gen.Select(Gen.Int[0, 0x3F], Gen.Byte[1, 255], (p, v) => new Mutation(Target.Header, Change.Xor, p, v, 0)).Array[1, 3], s_write.Array[0, 3],
                 (m, w) => new Case(m, FixHeaderChecksum: true, MarkDirty: false, w)),
-            c => RunAsync(c).WaitAsync(s_hang), iterations: 30);
+            c => RunAsync(c).WaitAsync(s_hang), iterations: 15);
+
+    // What the fuzz targets found, kept as named cases.
+
+    /// <summary>nr_physical_sectors grown to 32 TiB (checksum valid): open refuses, repair extends the store to it.</summary>
+    [Fact]
+    public Task Header_growing_the_physical_size_past_the_store_is_refused_and_repair_extends_the_store() =>
+        RunAsync(new Case([new(Target.Header, Change.Xor, 12, 0x10, 0)], FixHeaderChecksum: true, MarkDirty: false, [new(3, true, 5, 0)]));
+
+    /// <summary>lblk_shift 4 -> 5: entries decode as garbage, each such lblk reads EIO, and a 64 KiB write is partial.</summary>
+    [Fact]
+    public Task Header_with_another_lblk_shift_fails_only_the_lblks_it_garbles() =>
+        RunAsync(new Case([new(Target.Header, Change.Xor, 24, 0x01, 0)], FixHeaderChecksum: true, MarkDirty: false, [new(3, true, 5, 0)]));
+
+    /// <summary>nr_logical_sectors changed (here shrunk): lblks past the new end are simply not there.</summary>
+    [Fact]
+    public Task Header_with_another_logical_size_serves_and_repairs() =>
+        RunAsync(new Case([new(Target.Header, Change.Xor, 17, 0xcc, 0)], FixHeaderChecksum: true, MarkDirty: false,
+            [new(15, true, 5455, 1), new(164, true, 9211, 1), new(5, true, 6499, 0)]));
+
+    /// <summary>Bits set past zone 1's 50 data pblks (the previous engine failed every write after them).</summary>
+    [Fact]
+    public Task Pbat_bits_past_the_data_with_a_partial_write() =>
+        RunAsync(new Case([new(Target.Pbat0, Change.Xor, 1610, 0x7e, 0), new(Target.Pbat1, Change.Xor, 11, 0x7f, 0)], FixHeaderChecksum: true, MarkDirty: false,
+            [new(193, false, 945, 1), new(130, true, 1, 0)]));
 
     /// <summary>One case: mutate, then every stage, each asserting what it may and may not do.</summary>
     internal static async Task RunAsync(Case c)
