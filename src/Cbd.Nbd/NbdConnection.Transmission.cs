@@ -330,17 +330,8 @@ internal sealed partial class NbdConnection
     /// </summary>
     private async ValueTask StreamReadAsync(NbdRequest request, Memory<byte> piece)
     {
-        if (_broken)
+        if (!await TryTakeSendLockAsync().ConfigureAwait(false))
         {
-            return;
-        }
-        try
-        {
-            await _sendLock.WaitAsync(_abort.Token).ConfigureAwait(false);
-        }
-        catch (OperationCanceledException)
-        {
-            MarkBroken();
             return;
         }
         int length = (int)request.Length;

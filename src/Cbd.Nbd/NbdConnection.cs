@@ -228,23 +228,33 @@ internal sealed partial class NbdConnection
         }
     }
 
+    /// <summary>Takes the send lock; false, without it, when the connection is broken or being aborted.</summary>
+    private async ValueTask<bool> TryTakeSendLockAsync()
+    {
+        if (_broken)
+        {
+            return false;
+        }
+        try
+        {
+            await _sendLock.WaitAsync(_abort.Token).ConfigureAwait(false);
+            return true;
+        }
+        catch (OperationCanceledException)
+        {
+            MarkBroken();
+            return false;
+        }
+    }
+
     /// <summary>
     /// Takes the send lock and runs <paramref name="send"/>. Never throws: a failed send means the client is
     /// gone or stuck, so the connection is marked broken and stops reading.
     /// </summary>
     private async ValueTask SendGuardedAsync<TState>(TState state, Func<NbdConnection, TState, ValueTask> send)
     {
-        if (_broken)
+        if (!await TryTakeSendLockAsync().ConfigureAwait(false))
         {
-            return;
-        }
-        try
-        {
-            await _sendLock.WaitAsync(_abort.Token).ConfigureAwait(false);
-        }
-        catch (OperationCanceledException)
-        {
-            MarkBroken();
             return;
         }
         try
