@@ -281,9 +281,10 @@ public sealed class NbdServer : IAsyncDisposable
                 }
                 if (_connections.Count >= _options.MaxConnections)
                 {
-                    // Closed at once rather than queued: a queue would hold what the limit is there to bound.
-                    client.Dispose();
+                    // Closed at once rather than queued: a queue would hold what the limit is there to bound. Logged
+                    // first, so that the line is there by the time the client sees its connection closed.
                     LogRefusalLocked();
+                    client.Dispose();
                     continue;
                 }
                 connection = new NbdConnection(client, _export, _options, _payloadPool, ReceivePieceSize);
