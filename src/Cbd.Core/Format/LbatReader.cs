@@ -35,11 +35,18 @@ public static class LbatReader
         ulong[] slots = ArrayPool<ulong>.Shared.Rent(format.PblksPerLblk);
         try
         {
-            for (long at = 0; at < lbatBytes; at += ChunkBytes)
+            long at = 0;
+            while (at < lbatBytes)
             {
+                // Holes of a sparse backing file read as zeros, which hold no entry: skipped, not read.
+                long data = store.NextDataOffset(lbatOffset + at) - lbatOffset;
+                if (data >= lbatBytes)
+                    break;
+                at = Math.Max(at, data / Layout.PblkSize * Layout.PblkSize);
                 int length = (int)Math.Min(ChunkBytes, lbatBytes - at);
                 await store.ReadClampedAsync(lbatOffset + at, chunk.AsMemory(0, length), cancellationToken).ConfigureAwait(false);
                 VisitChunk(chunk.AsSpan(0, length), at / Layout.SectorSize * entriesPerSector, entries, firstLblk, format, slots, visit);
+                at += length;
             }
         }
         finally

@@ -139,6 +139,21 @@ public sealed class FileBackingStore : IBackingStore
         return ValueTask.CompletedTask;
     }
 
+    // lseek(SEEK_DATA) finds the next data of a sparse file without reading its holes: an image's lbats are mostly
+    // holes, and the scan behind open read gigabytes of them from a large logical size. The file position it moves
+    // is never used, since every read and write is positional.
+    public long NextDataOffset(long offset)
+    {
+        const int SeekData = 3, NoSuchDeviceOrAddress = 6; // SEEK_DATA; ENXIO: no data at or after offset
+        if (IsBlockDevice || offset < 0 || offset >= Length)
+            return offset;
+        long next = Lseek(_handle, offset, SeekData);
+        if (next >= 0)
+            return Math.Min(next, Length);
+        // A filesystem without SEEK_DATA (EINVAL) or any other error: no holes known.
+        return Marshal.GetLastPInvokeError() == NoSuchDeviceOrAddress ? Length : offset;
+    }
+
     public ValueTask DisposeAsync()
     {
         _handle.Dispose();
@@ -156,6 +171,9 @@ public sealed class FileBackingStore : IBackingStore
 
     [DllImport("libc", EntryPoint = "fallocate", SetLastError = true)]
     private static extern int Fallocate(SafeFileHandle fd, int mode, long offset, long length);
+
+    [DllImport("libc", EntryPoint = "lseek", SetLastError = true)]
+    private static extern long Lseek(SafeFileHandle fd, long offset, int whence);
 
     [DllImport("libc", EntryPoint = "ioctl", SetLastError = true)]
     private static extern int Ioctl(SafeFileHandle fd, ulong request, ref ulong result);

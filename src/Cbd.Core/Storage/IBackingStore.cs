@@ -22,4 +22,11 @@ public interface IBackingStore : IAsyncDisposable
 
     /// <summary>Grows or shrinks the store (a file only); throws <see cref="NotSupportedException"/> for a block device.</summary>
     ValueTask SetLengthAsync(long length, CancellationToken cancellationToken = default);
+
+    /// <summary>
+    /// The first offset at or after <paramref name="offset"/> that may hold data rather than a hole (which reads as
+    /// zeros), or <see cref="Length"/> when nothing from there on does. A store that knows of no holes (the
+    /// default) answers <paramref name="offset"/> itself.
+    /// </summary>
+    long NextDataOffset(long offset) => offset;
 }
