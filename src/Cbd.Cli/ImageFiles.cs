@@ -30,7 +30,7 @@ public static class ImageFiles
 
     /// <summary>
     /// Opens an image to read it. One that another process holds for writing (cbd serve) is opened without
-    /// the lock (<see cref="SharedReadStore"/>), and <paramref name="inUse"/> says so: what is read is then
+    /// the lock (<see cref="FileBackingStore.OpenShared"/>), and <paramref name="inUse"/> says so: what is read is then
     /// the image as that process last wrote it back.
     /// </summary>
     /// <exception cref="CliException">No such file, a directory, no permission, or the open failed.</exception>
@@ -52,7 +52,7 @@ public static class ImageFiles
         }
         try
         {
-            var shared = SharedReadStore.Open(path);
+            var shared = FileBackingStore.OpenShared(path);
             inUse = true;
             return shared;
         }

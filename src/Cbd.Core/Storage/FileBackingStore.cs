@@ -13,6 +13,9 @@ public sealed class FileBackingStore : IBackingStore
     private readonly SafeFileHandle _handle;
     private long _length;
 
+    /// <summary>Opened without the lock: the writer holding it may change the file under us (see <see cref="OpenShared"/>).</summary>
+    private bool _shared;
+
     private FileBackingStore(SafeFileHandle handle, bool writable, long length, string path)
     {
         _handle = handle;
@@ -49,6 +52,37 @@ public sealed class FileBackingStore : IBackingStore
         return new FileBackingStore(handle, writable, length, path) { IsBlockDevice = isBlock };
     }
 
+    /// <summary>
+    /// Opens a file or block device read-only without taking its lock, as qemu-img's <c>--force-share</c> does: for
+    /// a look at an image another process holds open for writing (cbd serve), which this neither waits for nor
+    /// disturbs. .NET's own open takes a shared flock, which the writer's exclusive one refuses, so this uses open(2).
+    /// </summary>
+    /// <remarks>
+    /// What it reads is the image as the writer last wrote it back: its lbats lag what the writer holds in its cache,
+    /// and a page may change between two reads, so whoever reads through it must take a torn view in stride (an
+    /// approximate answer, or a clear error). Bytes past the end, should the writer cut the file, read as zeros.
+    /// </remarks>
+    /// <exception cref="IOException">The file cannot be opened; the message says why.</exception>
+    public static FileBackingStore OpenShared(string path)
+    {
+        const int ReadOnlyCloseOnExec = 0x80000; // O_RDONLY (0) | O_CLOEXEC
+        int fd = OpenFile(path, ReadOnlyCloseOnExec);
+        if (fd < 0)
+            throw new IOException($"cannot open it read-only: {Marshal.GetLastPInvokeErrorMessage()}");
+        var handle = new SafeFileHandle(fd, ownsHandle: true);
+        try
+        {
+            bool isBlock = TryGetBlockDeviceLength(handle, out long blockLength);
+            long length = isBlock ? blockLength : RandomAccess.GetLength(handle);
+            return new FileBackingStore(handle, false, length, path) { IsBlockDevice = isBlock, _shared = true };
+        }
+        catch
+        {
+            handle.Dispose();
+            throw;
+        }
+    }
+
     /// <summary>Creates a new sparse file of <paramref name="length"/> bytes; fails if it exists.</summary>
     public static FileBackingStore Create(string path, long length)
     {
@@ -82,8 +116,9 @@ public sealed class FileBackingStore : IBackingStore
             int n = RandomAccess.Read(_handle, span[done..], offset + done);
             if (n == 0)
             {
-                // Past the end of the file: the format treats it as zeros only within Length.
-                if (offset + done < Length)
+                // Past the end of the file: the format treats it as zeros only within Length, unless a writer
+                // holding the lock may have cut the file meanwhile.
+                if (offset + done < Length && !_shared)
                     throw new IOException($"{Path}: unexpected end of file at byte {offset + done}");
                 span[done..].Clear();
                 return;
@@ -168,6 +203,9 @@ public sealed class FileBackingStore : IBackingStore
         length = (long)size;
         return ok;
     }
+
+    [DllImport("libc", EntryPoint = "open", SetLastError = true)]
+    private static extern int OpenFile([MarshalAs(UnmanagedType.LPUTF8Str)] string path, int flags);
 
     [DllImport("libc", EntryPoint = "fallocate", SetLastError = true)]
     private static extern int Fallocate(SafeFileHandle fd, int mode, long offset, long length);
