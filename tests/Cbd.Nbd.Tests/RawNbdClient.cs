@@ -247,6 +247,16 @@ public sealed class RawNbdClient : IAsyncDisposable
             : "";
     }
 
+    /// <summary>Sends one request (handle 42) and reads its whole reply; returns the reply's error code.</summary>
+    public async Task<uint> RoundTripAsync(ushort command, ulong offset, uint length, ushort flags = 0, byte[]? payload = null)
+    {
+        await SendRequestAsync(command, 42, offset, length, flags, payload);
+        Reply reply = await ReadReplyAsync();
+        Assert.Equal(42ul, reply.Handle);
+        Assert.True(reply.IsDone);
+        return reply.ErrorCode;
+    }
+
     /// <summary>Reads one reply message. A simple reply to a READ is followed by data: pass its length in <paramref name="simpleDataLength"/>.</summary>
     public async Task<Reply> ReadReplyAsync(Func<ulong, int>? simpleDataLength = null)
     {

@@ -24,15 +24,6 @@ public sealed class SpacePromiseTests
         return await CompressedDevice.OpenAsync(store, new DeviceOptions { CacheBytes = MiB, WriteBackParallelism = 1 });
     }
 
-    private static async Task<uint> RoundTripAsync(RawNbdClient client, ushort command, ulong offset, uint length, ushort flags = 0, byte[]? payload = null)
-    {
-        await client.SendRequestAsync(command, 42, offset, length, flags, payload);
-        Reply reply = await client.ReadReplyAsync();
-        Assert.Equal(42ul, reply.Handle);
-        Assert.True(reply.IsDone);
-        return reply.ErrorCode;
-    }
-
     private static async Task<byte[]> ReadAsync(RawNbdClient client, ulong offset, int length)
     {
         await client.SendRequestAsync(CmdRead, 7, offset, (uint)length);
@@ -74,12 +65,12 @@ public sealed class SpacePromiseTests
         Assert.Equal(0, flags & FlagSendFastZero);
 
         byte[] data = Compressible(4 * Lblk, 1);
-        Assert.Equal(0u, await RoundTripAsync(client, CmdWrite, 0, 4 * Lblk, 0, data));
-        Assert.Equal(ENotSup, await RoundTripAsync(client, CmdWriteZeroes, 0, 4 * Lblk, FlagNoHole));
+        Assert.Equal(0u, await client.RoundTripAsync(CmdWrite, 0, 4 * Lblk, 0, data));
+        Assert.Equal(ENotSup, await client.RoundTripAsync(CmdWriteZeroes, 0, 4 * Lblk, FlagNoHole));
         Assert.Equal(data, await ReadAsync(client, 0, 4 * Lblk));
         // FAST_ZERO was not advertised: the spec asks for NBD_EINVAL.
-        Assert.Equal(EInval, await RoundTripAsync(client, CmdWriteZeroes, 0, 4 * Lblk, FlagFastZero));
-        Assert.Equal(0u, await RoundTripAsync(client, CmdWriteZeroes, 0, 4 * Lblk));
+        Assert.Equal(EInval, await client.RoundTripAsync(CmdWriteZeroes, 0, 4 * Lblk, FlagFastZero));
+        Assert.Equal(0u, await client.RoundTripAsync(CmdWriteZeroes, 0, 4 * Lblk));
         Assert.Equal(new byte[4 * Lblk], await ReadAsync(client, 0, 4 * Lblk));
     }
 
@@ -92,15 +83,15 @@ public sealed class SpacePromiseTests
         var (size, flags) = await client.HandshakeAsync(structured: true);
         Assert.Equal(FlagSendFastZero, flags & FlagSendFastZero);
 
-        Assert.Equal(0u, await RoundTripAsync(client, CmdWrite, 0, 4 * Lblk, 0, Random(4 * Lblk, 2)));
-        Assert.Equal(0u, await RoundTripAsync(client, CmdWriteZeroes, 0, 4 * Lblk, FlagNoHole));
+        Assert.Equal(0u, await client.RoundTripAsync(CmdWrite, 0, 4 * Lblk, 0, Random(4 * Lblk, 2)));
+        Assert.Equal(0u, await client.RoundTripAsync(CmdWriteZeroes, 0, 4 * Lblk, FlagNoHole));
         // The rest filled with incompressible data, then the provisioned range written: no ENOSPC anywhere.
         for (ulong offset = 4 * Lblk; offset < size; offset += Lblk)
         {
-            Assert.Equal(0u, await RoundTripAsync(client, CmdWrite, offset, Lblk, 0, Random(Lblk, (int)(offset / Lblk))));
+            Assert.Equal(0u, await client.RoundTripAsync(CmdWrite, offset, Lblk, 0, Random(Lblk, (int)(offset / Lblk))));
         }
         byte[] data = Random(4 * Lblk, 3);
-        Assert.Equal(0u, await RoundTripAsync(client, CmdWrite, 0, 4 * Lblk, FlagFua, data));
+        Assert.Equal(0u, await client.RoundTripAsync(CmdWrite, 0, 4 * Lblk, FlagFua, data));
         Assert.Equal(data, await ReadAsync(client, 0, 4 * Lblk));
     }
 
@@ -114,12 +105,12 @@ public sealed class SpacePromiseTests
 
         // Compressible data, lblk after lblk, until the device is full.
         ulong filled = 0;
-        while (filled < size && await RoundTripAsync(client, CmdWrite, filled, Lblk, 0, Compressible(Lblk, (int)(filled / Lblk))) == 0)
+        while (filled < size && await client.RoundTripAsync(CmdWrite, filled, Lblk, 0, Compressible(Lblk, (int)(filled / Lblk))) == 0)
         {
             filled += Lblk;
         }
         Assert.True(filled > 8 * MiB, $"only {filled} bytes of compressible data fit");
-        Assert.Equal(0u, await RoundTripAsync(client, CmdFlush, 0, 0));
+        Assert.Equal(0u, await client.RoundTripAsync(CmdFlush, 0, 0));
 
         await client.SendRequestAsync(CmdBlockStatus, 8, 0, (uint)size);
         Reply status = Assert.Single(await client.ReadStructuredReplyAsync(8));
@@ -129,7 +120,7 @@ public sealed class SpacePromiseTests
         {
             for (ulong offset = at; (flags & 1) == 0 && offset < at + length; offset += Lblk)
             {
-                Assert.Equal(0u, await RoundTripAsync(client, CmdWrite, offset, Lblk, 0, Random(Lblk, (int)(offset / Lblk))));
+                Assert.Equal(0u, await client.RoundTripAsync(CmdWrite, offset, Lblk, 0, Random(Lblk, (int)(offset / Lblk))));
             }
             at += length;
         }

@@ -29,15 +29,6 @@ public sealed class TransmissionTests
         return (harness, client);
     }
 
-    private static async Task<uint> RoundTripAsync(RawNbdClient client, ushort command, ulong offset, uint length, ushort flags = 0, byte[]? payload = null)
-    {
-        await client.SendRequestAsync(command, 42, offset, length, flags, payload);
-        Reply reply = await client.ReadReplyAsync();
-        Assert.Equal(42ul, reply.Handle);
-        Assert.True(reply.IsDone);
-        return reply.ErrorCode;
-    }
-
     [Fact]
     public async Task WriteThenRead_WithSimpleReplies_ReturnsTheData()
     {
@@ -45,7 +36,7 @@ public sealed class TransmissionTests
         await using var _ = harness;
         await using var __ = client;
         byte[] data = Pattern(10_000, 3);
-        Assert.Equal(0u, await RoundTripAsync(client, CmdWrite, 1000, (uint)data.Length, FlagFua, data));
+        Assert.Equal(0u, await client.RoundTripAsync(CmdWrite, 1000, (uint)data.Length, FlagFua, data));
 
         await client.SendRequestAsync(CmdRead, 9, 1000, (uint)data.Length);
         Reply read = await client.ReadReplyAsync(_ => data.Length);
@@ -62,7 +53,7 @@ public sealed class TransmissionTests
         await using var _ = harness;
         await using var __ = client;
         byte[] data = Pattern(BlockSize, 9);
-        Assert.Equal(0u, await RoundTripAsync(client, CmdWrite, 2 * BlockSize, BlockSize, 0, data));
+        Assert.Equal(0u, await client.RoundTripAsync(CmdWrite, 2 * BlockSize, BlockSize, 0, data));
 
         await client.SendRequestAsync(CmdRead, 5, BlockSize, 3 * BlockSize);
         List<Reply> chunks = await client.ReadStructuredReplyAsync(5);
@@ -81,7 +72,7 @@ public sealed class TransmissionTests
         await using var _ = harness;
         await using var __ = client;
         byte[] data = Pattern(100, 1);
-        await RoundTripAsync(client, CmdWrite, 5000, 100, 0, data);
+        await client.RoundTripAsync(CmdWrite, 5000, 100, 0, data);
         await client.SendRequestAsync(CmdRead, 6, 0, 3 * BlockSize, FlagDf);
         List<Reply> chunks = await client.ReadStructuredReplyAsync(6);
         Reply chunk = Assert.Single(chunks);
@@ -137,7 +128,7 @@ public sealed class TransmissionTests
                 Assert.True(reply.IsDone);
                 Assert.NotEmpty(reply.ErrorMessage);
             }
-            Assert.Equal(0u, await RoundTripAsync(client, CmdFlush, 0, 0));
+            Assert.Equal(0u, await client.RoundTripAsync(CmdFlush, 0, 0));
         }
     }
 
@@ -151,7 +142,7 @@ public sealed class TransmissionTests
         await client.SendRequestAsync(CmdWrite, 1, 0, length, 0, new byte[length]);
         Reply reply = await client.ReadReplyAsync();
         Assert.Equal((1ul, EInval), (reply.Handle, reply.Error));
-        Assert.Equal(0u, await RoundTripAsync(client, CmdWrite, 0, 4, 0, [1, 2, 3, 4]));
+        Assert.Equal(0u, await client.RoundTripAsync(CmdWrite, 0, 4, 0, [1, 2, 3, 4]));
     }
 
     [Theory]
@@ -167,7 +158,7 @@ public sealed class TransmissionTests
         await using var _ = harness;
         await using var __ = client;
         byte[]? payload = command == CmdWrite ? new byte[512] : null;
-        Assert.Equal(EInval, await RoundTripAsync(client, command, 0, 512, flags, payload));
+        Assert.Equal(EInval, await client.RoundTripAsync(command, 0, 512, flags, payload));
     }
 
     [Fact]
@@ -176,7 +167,7 @@ public sealed class TransmissionTests
         var (harness, client) = await OpenAsync(structured: false);
         await using var _ = harness;
         await using var __ = client;
-        Assert.Equal(EInval, await RoundTripAsync(client, CmdRead, 0, 512, FlagDf));
+        Assert.Equal(EInval, await client.RoundTripAsync(CmdRead, 0, 512, FlagDf));
     }
 
     [Fact]
@@ -185,10 +176,10 @@ public sealed class TransmissionTests
         var (harness, client) = await OpenAsync(structured: false, readOnly: true);
         await using var _ = harness;
         await using var __ = client;
-        Assert.Equal(EPerm, await RoundTripAsync(client, CmdWrite, 0, 512, 0, new byte[512]));
-        Assert.Equal(EPerm, await RoundTripAsync(client, CmdTrim, 0, 512));
-        Assert.Equal(EPerm, await RoundTripAsync(client, CmdWriteZeroes, 0, 512));
-        Assert.Equal(0u, await RoundTripAsync(client, CmdFlush, 0, 0));
+        Assert.Equal(EPerm, await client.RoundTripAsync(CmdWrite, 0, 512, 0, new byte[512]));
+        Assert.Equal(EPerm, await client.RoundTripAsync(CmdTrim, 0, 512));
+        Assert.Equal(EPerm, await client.RoundTripAsync(CmdWriteZeroes, 0, 512));
+        Assert.Equal(0u, await client.RoundTripAsync(CmdFlush, 0, 0));
         await client.SendRequestAsync(CmdRead, 3, 0, 512);
         Assert.Equal(0u, (await client.ReadReplyAsync(_ => 512)).Error);
     }
@@ -222,8 +213,8 @@ public sealed class TransmissionTests
         var (harness, client) = await OpenAsync(structured: true, device: device);
         await using var _ = harness;
         await using var __ = client;
-        Assert.Equal(errno, await RoundTripAsync(client, CmdWrite, 0, 512, 0, new byte[512]));
-        Assert.Equal(0u, await RoundTripAsync(client, CmdRead, 0, 1));
+        Assert.Equal(errno, await client.RoundTripAsync(CmdWrite, 0, 512, 0, new byte[512]));
+        Assert.Equal(0u, await client.RoundTripAsync(CmdRead, 0, 1));
     }
 
     [Fact]
@@ -248,8 +239,8 @@ public sealed class TransmissionTests
         var (harness, client) = await OpenAsync(structured: true);
         await using var _ = harness;
         await using var __ = client;
-        await RoundTripAsync(client, CmdWrite, 2 * BlockSize, 2 * BlockSize, 0, Pattern(2 * BlockSize, 5));
-        await RoundTripAsync(client, CmdWriteZeroes, 3 * BlockSize, BlockSize, FlagNoHole);
+        await client.RoundTripAsync(CmdWrite, 2 * BlockSize, 2 * BlockSize, 0, Pattern(2 * BlockSize, 5));
+        await client.RoundTripAsync(CmdWriteZeroes, 3 * BlockSize, BlockSize, FlagNoHole);
 
         await client.SendRequestAsync(CmdBlockStatus, 8, 0, 6 * BlockSize);
         Reply status = Assert.Single(await client.ReadStructuredReplyAsync(8));
@@ -281,7 +272,7 @@ public sealed class TransmissionTests
         await using var _ = harness;
         await using RawNbdClient client = await harness.ConnectAsync();
         await client.HandshakeAsync(structured: true, allocationContext: false);
-        Assert.Equal(EInval, await RoundTripAsync(client, CmdBlockStatus, 0, 4096));
+        Assert.Equal(EInval, await client.RoundTripAsync(CmdBlockStatus, 0, 4096));
     }
 
     [Fact]
@@ -291,15 +282,15 @@ public sealed class TransmissionTests
         var (harness, client) = await OpenAsync(structured: false, device: device);
         await using var _ = harness;
         await using var __ = client;
-        await RoundTripAsync(client, CmdWrite, 0, 4 * BlockSize, 0, Pattern(4 * BlockSize, 2));
+        await client.RoundTripAsync(CmdWrite, 0, 4 * BlockSize, 0, Pattern(4 * BlockSize, 2));
 
-        Assert.Equal(0u, await RoundTripAsync(client, CmdWriteZeroes, 0, BlockSize));
+        Assert.Equal(0u, await client.RoundTripAsync(CmdWriteZeroes, 0, BlockSize));
         Assert.False(device.IsAllocated(0));
-        Assert.Equal(0u, await RoundTripAsync(client, CmdWriteZeroes, BlockSize, BlockSize, FlagNoHole));
+        Assert.Equal(0u, await client.RoundTripAsync(CmdWriteZeroes, BlockSize, BlockSize, FlagNoHole));
         Assert.True(device.IsAllocated(1));
-        Assert.Equal(0u, await RoundTripAsync(client, CmdWriteZeroes, 2 * BlockSize, BlockSize, FlagFastZero | FlagFua));
+        Assert.Equal(0u, await client.RoundTripAsync(CmdWriteZeroes, 2 * BlockSize, BlockSize, FlagFastZero | FlagFua));
         Assert.False(device.IsAllocated(2));
-        Assert.Equal(ENotSup, await RoundTripAsync(client, CmdWriteZeroes, 3 * BlockSize, BlockSize, FlagFastZero | FlagNoHole));
+        Assert.Equal(ENotSup, await client.RoundTripAsync(CmdWriteZeroes, 3 * BlockSize, BlockSize, FlagFastZero | FlagNoHole));
         Assert.True(device.IsAllocated(3));
         Assert.Equal(new byte[3 * BlockSize], device.Snapshot()[..(3 * BlockSize)]);
         Assert.NotEqual(new byte[BlockSize], device.Snapshot()[(3 * BlockSize)..(4 * BlockSize)]);
@@ -312,10 +303,10 @@ public sealed class TransmissionTests
         var (harness, client) = await OpenAsync(structured: false, device: device);
         await using var _ = harness;
         await using var __ = client;
-        Assert.Equal(0u, await RoundTripAsync(client, CmdWriteZeroes, 0, 48u << 20, FlagFastZero));
-        Assert.Equal(0u, await RoundTripAsync(client, CmdWriteZeroes, 0, 48u << 20));
-        Assert.Equal(0u, await RoundTripAsync(client, CmdWriteZeroes, 0, 48u << 20, FlagNoHole));
-        Assert.Equal(0u, await RoundTripAsync(client, CmdTrim, 0, 48u << 20));
+        Assert.Equal(0u, await client.RoundTripAsync(CmdWriteZeroes, 0, 48u << 20, FlagFastZero));
+        Assert.Equal(0u, await client.RoundTripAsync(CmdWriteZeroes, 0, 48u << 20));
+        Assert.Equal(0u, await client.RoundTripAsync(CmdWriteZeroes, 0, 48u << 20, FlagNoHole));
+        Assert.Equal(0u, await client.RoundTripAsync(CmdTrim, 0, 48u << 20));
     }
 
     [Fact]
@@ -334,11 +325,11 @@ public sealed class TransmissionTests
         var (harness, client) = await OpenAsync(structured: false, device: device);
         await using var _ = harness;
         await using var __ = client;
-        await RoundTripAsync(client, CmdWrite, 0, BlockSize, 0, Pattern(BlockSize, 4));
-        Assert.Equal(0u, await RoundTripAsync(client, CmdTrim, 0, BlockSize, FlagFua));
+        await client.RoundTripAsync(CmdWrite, 0, BlockSize, 0, Pattern(BlockSize, 4));
+        Assert.Equal(0u, await client.RoundTripAsync(CmdTrim, 0, BlockSize, FlagFua));
         Assert.False(device.IsAllocated(0));
-        Assert.Equal(0u, await RoundTripAsync(client, CmdCache, 0, 2 * BlockSize));
-        Assert.Equal(0u, await RoundTripAsync(client, CmdFlush, 0, 0));
+        Assert.Equal(0u, await client.RoundTripAsync(CmdCache, 0, 2 * BlockSize));
+        Assert.Equal(0u, await client.RoundTripAsync(CmdFlush, 0, 0));
         Assert.Equal(["write", "trim", "flush", "prefetch", "flush"], operations);
         Assert.Equal(2, device.FlushCount);
     }
@@ -349,8 +340,8 @@ public sealed class TransmissionTests
         var (harness, client) = await OpenAsync(structured: true);
         await using var _ = harness;
         await using var __ = client;
-        Assert.Equal(0u, await RoundTripAsync(client, CmdWrite, DeviceSize, 0));
-        Assert.Equal(0u, await RoundTripAsync(client, CmdTrim, 0, 0));
+        Assert.Equal(0u, await client.RoundTripAsync(CmdWrite, DeviceSize, 0));
+        Assert.Equal(0u, await client.RoundTripAsync(CmdTrim, 0, 0));
         await client.SendRequestAsync(CmdRead, 4, 0, 0);
         Reply none = Assert.Single(await client.ReadStructuredReplyAsync(4));
         Assert.Equal(ReplyNone, none.Type);
