@@ -195,30 +195,16 @@ public sealed partial class CompressedDevice : IBlockDevice
             await ReadManyAsync(offset, buffer, cancellationToken).ConfigureAwait(false);
             return;
         }
-        while (!buffer.IsEmpty)
-        {
-            ulong lblk = (ulong)(offset / _lblkSize);
-            int within = (int)(offset % _lblkSize);
-            int n = Math.Min(buffer.Length, _lblkSize - within);
-            await ReadPieceAsync(lblk, within, buffer[..n], cancellationToken).ConfigureAwait(false);
-            buffer = buffer[n..];
-            offset += n;
-        }
+        foreach (var piece in new LblkRange(offset, buffer.Length, _lblkSize))
+            await ReadPieceAsync(piece.Lblk, piece.Within, buffer.Slice((int)piece.Start, piece.Length), cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>A read of several lblks: they load and decompress in parallel.</summary>
     private async ValueTask ReadManyAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken)
     {
         var pieces = new List<Task>();
-        while (!buffer.IsEmpty)
-        {
-            ulong lblk = (ulong)(offset / _lblkSize);
-            int within = (int)(offset % _lblkSize);
-            int n = Math.Min(buffer.Length, _lblkSize - within);
-            pieces.Add(ReadPieceAsync(lblk, within, buffer[..n], cancellationToken).AsTask());
-            buffer = buffer[n..];
-            offset += n;
-        }
+        foreach (var piece in new LblkRange(offset, buffer.Length, _lblkSize))
+            pieces.Add(ReadPieceAsync(piece.Lblk, piece.Within, buffer.Slice((int)piece.Start, piece.Length), cancellationToken).AsTask());
         await Task.WhenAll(pieces).ConfigureAwait(false);
     }
 
@@ -252,13 +238,13 @@ public sealed partial class CompressedDevice : IBlockDevice
         CheckRange(offset, length);
         if (length == 0)
             return;
-        ulong first = (ulong)(offset / _lblkSize);
-        ulong last = (ulong)((offset + length - 1) / _lblkSize);
         // Never prefetch more than the cache holds: it would only evict what it just loaded.
-        last = Math.Min(last, first + (ulong)_maxCached / 2);
-        for (ulong lblk = first; lblk <= last; lblk++)
+        ulong last = (ulong)(offset / _lblkSize) + (ulong)_maxCached / 2;
+        foreach (var piece in new LblkRange(offset, length, _lblkSize))
         {
-            var entry = Pin(lblk);
+            if (piece.Lblk > last)
+                break;
+            var entry = Pin(piece.Lblk);
             try
             {
                 await entry.Lock.WaitAsync(cancellationToken).ConfigureAwait(false);
@@ -344,15 +330,8 @@ public sealed partial class CompressedDevice : IBlockDevice
     {
         CheckWritable();
         CheckRange(offset, data.Length);
-        while (!data.IsEmpty)
-        {
-            ulong lblk = (ulong)(offset / _lblkSize);
-            int within = (int)(offset % _lblkSize);
-            int n = Math.Min(data.Length, _lblkSize - within);
-            await ModifyAsync(lblk, within, data[..n], zero: false, cancellationToken).ConfigureAwait(false);
-            data = data[n..];
-            offset += n;
-        }
+        foreach (var piece in new LblkRange(offset, data.Length, _lblkSize))
+            await ModifyAsync(piece.Lblk, piece.Within, data.Slice((int)piece.Start, piece.Length), zero: false, cancellationToken).ConfigureAwait(false);
         if (fua)
             await FlushAsync(cancellationToken).ConfigureAwait(false);
     }
@@ -377,16 +356,8 @@ public sealed partial class CompressedDevice : IBlockDevice
     {
         CheckWritable();
         CheckRange(offset, length);
-        while (length > 0)
-        {
-            ulong lblk = (ulong)(offset / _lblkSize);
-            int within = (int)(offset % _lblkSize);
-            int n = (int)Math.Min(length, _lblkSize - within);
-            bool whole = n == _lblkSize;
-            await ModifyAsync(lblk, within, ReadOnlyMemory<byte>.Empty, zero: whole && deallocate, cancellationToken, zeroLength: n).ConfigureAwait(false);
-            offset += n;
-            length -= n;
-        }
+        foreach (var piece in new LblkRange(offset, length, _lblkSize))
+            await ModifyAsync(piece.Lblk, piece.Within, ReadOnlyMemory<byte>.Empty, zero: piece.IsWhole(_lblkSize) && deallocate, cancellationToken, zeroLength: piece.Length).ConfigureAwait(false);
         if (fua)
             await FlushAsync(cancellationToken).ConfigureAwait(false);
     }
@@ -1048,17 +1019,13 @@ public sealed partial class CompressedDevice : IBlockDevice
     {
         CheckRange(offset, length);
         var extents = new List<BlockExtent>();
-        while (length > 0)
+        foreach (var piece in new LblkRange(offset, length, _lblkSize))
         {
-            ulong lblk = (ulong)(offset / _lblkSize);
-            int n = (int)Math.Min(length, _lblkSize - offset % _lblkSize);
-            var (hole, zero) = await LblkStatusAsync(lblk, cancellationToken).ConfigureAwait(false);
+            var (hole, zero) = await LblkStatusAsync(piece.Lblk, cancellationToken).ConfigureAwait(false);
             if (extents.Count > 0 && extents[^1].IsHole == hole && extents[^1].IsZero == zero)
-                extents[^1] = extents[^1] with { Length = extents[^1].Length + n };
+                extents[^1] = extents[^1] with { Length = extents[^1].Length + piece.Length };
             else
-                extents.Add(new BlockExtent(n, hole, zero));
-            offset += n;
-            length -= n;
+                extents.Add(new BlockExtent(piece.Length, hole, zero));
         }
         // Decided after every lblk was looked at, so that data written meanwhile is counted too. An
         // overcommitted device reports its data as holes that are not zero: a write there may fail for space.

@@ -9,8 +9,6 @@ internal sealed class LblkBufferPool(int lblkSize, int maxRetained)
 {
     private readonly BoundedStack<byte[]> _free = new(maxRetained);
 
-    public int LblkSize => lblkSize;
-
     public byte[] Rent() => _free.TryPop(out var buffer) ? buffer : GC.AllocateUninitializedArray<byte>(lblkSize, pinned: true);
 
     public void Return(byte[] buffer)
