@@ -4,13 +4,7 @@ namespace Cbd.Core.Engine;
 /// An lblk in the cache, decompressed. Fields are guarded by <see cref="Lock"/>, except
 /// <see cref="Pins"/> and <see cref="LastUse"/>, which the cache guards.
 /// </summary>
-/// <remarks>
-/// Invariants: a dirty entry is never evicted (it holds the only copy of acknowledged writes); an entry
-/// is evicted only with no pins, so nobody holds or waits for its lock; <see cref="IsZero"/> means the
-/// contents are all zeros, no buffer is held, and write-back publishes the lblk as unallocated; a dirty
-/// entry that is not zero holds a space reservation (<see cref="ReservedPblks"/>) covering what its
-/// contents need, unless write-back has taken it over.
-/// </remarks>
+/// <remarks>The invariants that hold of every entry are stated and checked by <see cref="LblkCache"/>.</remarks>
 internal sealed class CachedLblk(ulong lblk)
 {
     public readonly ulong Lblk = lblk;

@@ -26,15 +26,7 @@ public sealed partial class CompressedDevice : IBlockDevice
     private readonly LblkBufferPool _buffers;
     private readonly SpacePromise _space;
 
-    // Cache of decompressed lblks; _cacheLock guards the dictionary, the dirty set, pins and use stamps.
-    private readonly Lock _cacheLock = new();
-    private readonly Dictionary<ulong, CachedLblk> _cache = [];
-    private readonly HashSet<CachedLblk> _dirty = [];
-    private readonly int _maxCached;
-    private readonly int _dirtyHigh;
-    private readonly int _dirtyMax;
-    private long _useClock;
-    private long _dirtySince;
+    private readonly LblkCache _cache;
 
     // Write-back: one checkpoint compresses at a time, while the ones before may still be publishing and
     // committing; numbers let a flush skip work another checkpoint covered.
@@ -75,11 +67,8 @@ public sealed partial class CompressedDevice : IBlockDevice
         _crc = header.Flags.HasFlag(HeaderFlags.LblkCrc);
         _lblkSize = geometry.LblkSize;
         _parallelism = Math.Max(1, options.WriteBackParallelism ?? Environment.ProcessorCount);
-        _maxCached = (int)Math.Clamp(options.CacheBytes / _lblkSize, options.ExactCacheSize ? 1 : 4L * _parallelism + 8, int.MaxValue / 2);
-        // Write-back starts at a quarter of the cache so that it overlaps with writes; writers wait at three quarters.
-        _dirtyHigh = Math.Max(_maxCached / 4, 1);
-        _dirtyMax = Math.Max(_maxCached * 3 / 4, 2);
-        _buffers = new LblkBufferPool(_lblkSize, _maxCached + 4 * _parallelism);
+        _cache = new LblkCache(_lblkSize, geometry.Alloc.PblksPerLblk, options, _parallelism);
+        _buffers = _cache.Buffers;
         _lbat = new LbatCache(geometry, store, maxCleanPages: 4096);
         _alloc = new Allocator(geometry, store, (long)header.PblkUsed, Log);
         _space = new SpacePromise(geometry);
@@ -98,6 +87,9 @@ public sealed partial class CompressedDevice : IBlockDevice
     public bool CanProvision => _space.FullyBacked;
 
     internal SpacePromise Space => _space;
+
+    /// <summary>The lblk cache, for tests that check its invariants.</summary>
+    internal LblkCache Cache => _cache;
 
     /// <summary>True when open found the image not closed clean and rebuilt its pbats and stats.</summary>
     public bool Recovered { get; private set; }
@@ -178,9 +170,7 @@ public sealed partial class CompressedDevice : IBlockDevice
 
     public DeviceStats GetStats()
     {
-        int dirty;
-        lock (_cacheLock)
-            dirty = _dirty.Count;
+        int dirty = _cache.DirtyCount;
         return new DeviceStats(Size, _lblkSize, (long)_geometry.NrLblks, Interlocked.Read(ref _lblksUsed),
             (long)_geometry.TotalDataPblks, Interlocked.Read(ref _pblksUsed), dirty);
     }
@@ -210,7 +200,7 @@ public sealed partial class CompressedDevice : IBlockDevice
 
     private async ValueTask ReadPieceAsync(ulong lblk, int within, Memory<byte> destination, CancellationToken cancellationToken)
     {
-        var entry = Pin(lblk);
+        var entry = _cache.Pin(lblk);
         try
         {
             await entry.Lock.WaitAsync(cancellationToken).ConfigureAwait(false);
@@ -229,7 +219,7 @@ public sealed partial class CompressedDevice : IBlockDevice
         }
         finally
         {
-            Unpin(entry);
+            _cache.Unpin(entry);
         }
     }
 
@@ -239,12 +229,12 @@ public sealed partial class CompressedDevice : IBlockDevice
         if (length == 0)
             return;
         // Never prefetch more than the cache holds: it would only evict what it just loaded.
-        ulong last = (ulong)(offset / _lblkSize) + (ulong)_maxCached / 2;
+        ulong last = (ulong)(offset / _lblkSize) + (ulong)_cache.PrefetchLimit;
         foreach (var piece in new LblkRange(offset, length, _lblkSize))
         {
             if (piece.Lblk > last)
                 break;
-            var entry = Pin(piece.Lblk);
+            var entry = _cache.Pin(piece.Lblk);
             try
             {
                 await entry.Lock.WaitAsync(cancellationToken).ConfigureAwait(false);
@@ -259,7 +249,7 @@ public sealed partial class CompressedDevice : IBlockDevice
             }
             finally
             {
-                Unpin(entry);
+                _cache.Unpin(entry);
             }
         }
     }
@@ -371,7 +361,7 @@ public sealed partial class CompressedDevice : IBlockDevice
     {
         await ThrottleAsync(cancellationToken).ConfigureAwait(false);
         int pblksPerLblk = _geometry.Alloc.PblksPerLblk;
-        var entry = Pin(lblk);
+        var entry = _cache.Pin(lblk);
         int held = 0;
         // Normally a dirty lblk holds a reservation for its worst case, stored uncompressed. When the
         // device is too full for that, the change is measured instead: it is accepted if what the
@@ -421,16 +411,7 @@ public sealed partial class CompressedDevice : IBlockDevice
                             entry.ReservedPblks += extra;
                     }
                     entry.Version++;
-                    if (!entry.Dirty)
-                    {
-                        entry.Dirty = true;
-                        lock (_cacheLock)
-                        {
-                            if (_dirty.Count == 0)
-                                _dirtySince = Stopwatch.GetTimestamp();
-                            _dirty.Add(entry);
-                        }
-                    }
+                    _cache.MarkDirty(entry);
                     break;
                 }
                 finally
@@ -445,7 +426,7 @@ public sealed partial class CompressedDevice : IBlockDevice
         {
             if (held > 0)
                 _alloc.Unreserve(held);
-            Unpin(entry);
+            _cache.Unpin(entry);
         }
     }
 
@@ -458,7 +439,7 @@ public sealed partial class CompressedDevice : IBlockDevice
             return;
         }
         // The lblk had no buffer: it was not loaded yet, or all zeros.
-        ReleaseData(entry);
+        _cache.ReleaseData(entry);
         entry.Loaded = wasLoaded;
         entry.IsZero = wasZero;
     }
@@ -492,7 +473,7 @@ public sealed partial class CompressedDevice : IBlockDevice
         int length = zeroLength >= 0 ? zeroLength : data.Length;
         if (zero)
         {
-            ReleaseData(entry);
+            _cache.ReleaseData(entry);
             entry.IsZero = true;
             entry.Loaded = true;
             return;
@@ -524,15 +505,6 @@ public sealed partial class CompressedDevice : IBlockDevice
         Apply(entry, within, data.Span, zero: false, zeroLength);
     }
 
-    private void ReleaseData(CachedLblk entry)
-    {
-        if (entry.Data is { } data)
-        {
-            entry.Data = null;
-            _buffers.Return(data);
-        }
-    }
-
     /// <summary>Reserves <paramref name="count"/> pblks, writing back to make room when needed; 0 when there is no room even then.</summary>
     private async ValueTask<int> TryReserveAsync(int count, CancellationToken cancellationToken)
     {
@@ -561,16 +533,12 @@ public sealed partial class CompressedDevice : IBlockDevice
     {
         while (true)
         {
-            int dirty;
-            Task checkpointDone;
-            lock (_cacheLock)
-            {
-                dirty = _dirty.Count;
-                checkpointDone = _checkpointDone.Task;
-            }
-            if (dirty >= _dirtyHigh)
+            // The signal is taken before the count: progress made after the count was read then ends the wait.
+            var checkpointDone = Volatile.Read(ref _checkpointDone).Task;
+            int dirty = _cache.DirtyCount;
+            if (dirty >= _cache.WriteBackThreshold)
                 Kick();
-            if (dirty < _dirtyMax)
+            if (dirty < _cache.ThrottleThreshold)
                 return;
             if (_failed is { } failed)
                 ThrowHelper.Failed(failed);
@@ -659,19 +627,7 @@ public sealed partial class CompressedDevice : IBlockDevice
     /// </summary>
     private async Task<(List<CachedLblk> Batch, WrittenBack?[] Results)> WriteBackDirtyAsync()
     {
-        var batch = new List<CachedLblk>();
-        lock (_cacheLock)
-        {
-            foreach (var entry in _dirty)
-            {
-                // Being written back at this very version by the checkpoint before: left to it, and not
-                // pinned again, so that it can be evicted as soon as that checkpoint has published it.
-                if (Volatile.Read(ref entry.WriteBackVersion) == Volatile.Read(ref entry.Version))
-                    continue;
-                entry.Pins++;
-                batch.Add(entry);
-            }
-        }
+        var batch = _cache.PinDirtyForWriteBack();
         var results = new WrittenBack?[batch.Count];
         try
         {
@@ -684,7 +640,7 @@ public sealed partial class CompressedDevice : IBlockDevice
             // The image on disk is still consistent (nothing live was overwritten), but what is in
             // memory may not be: stop taking writes rather than risk them.
             _failed ??= e;
-            Unpin(batch);
+            _cache.Unpin(batch);
             throw;
         }
         return (batch, results);
@@ -743,22 +699,14 @@ public sealed partial class CompressedDevice : IBlockDevice
                 try
                 {
                     if (entry.Version == result.Version)
-                    {
-                        entry.Dirty = false;
-                        lock (_cacheLock)
-                            _dirty.Remove(entry);
-                    }
+                        _cache.MarkClean(entry);
                 }
                 finally
                 {
                     entry.Lock.Release();
                 }
             }
-            lock (_cacheLock)
-            {
-                if (_dirty.Count > 0)
-                    _dirtySince = Stopwatch.GetTimestamp();
-            }
+            _cache.RestartDirtyClock();
             return freed;
         }
         catch (Exception e)
@@ -768,19 +716,10 @@ public sealed partial class CompressedDevice : IBlockDevice
         }
         finally
         {
-            Unpin(batch);
-            EvictIfNeeded();
+            _cache.Unpin(batch);
+            _cache.EvictIfNeeded();
             // Writers held back by a full cache may go on now: the entries written back are clean.
             SignalCheckpointProgress();
-        }
-    }
-
-    private void Unpin(List<CachedLblk> batch)
-    {
-        lock (_cacheLock)
-        {
-            foreach (var entry in batch)
-                entry.Pins--;
         }
     }
 
@@ -901,13 +840,7 @@ public sealed partial class CompressedDevice : IBlockDevice
     /// <summary>Wakes writers waiting in <see cref="ThrottleAsync"/> to look at the dirty count again.</summary>
     private void SignalCheckpointProgress()
     {
-        TaskCompletionSource done;
-        lock (_cacheLock)
-        {
-            done = _checkpointDone;
-            _checkpointDone = new(TaskCreationOptions.RunContinuationsAsynchronously);
-        }
-        done.TrySetResult();
+        Interlocked.Exchange(ref _checkpointDone, new(TaskCreationOptions.RunContinuationsAsynchronously)).TrySetResult();
     }
 
     private async Task WriteBackLoopAsync()
@@ -926,12 +859,7 @@ public sealed partial class CompressedDevice : IBlockDevice
             {
                 return;
             }
-            bool due;
-            lock (_cacheLock)
-            {
-                due = _dirty.Count >= _dirtyHigh ||
-                      (_dirty.Count > 0 && Stopwatch.GetElapsedTime(_dirtySince) >= _options.FlushDelay);
-            }
+            bool due = _cache.IsWriteBackDue(_options.FlushDelay);
             again = false;
             if (!due)
                 continue;
@@ -939,8 +867,7 @@ public sealed partial class CompressedDevice : IBlockDevice
             {
                 // Publication and commit go on behind: the next checkpoint may compress meanwhile.
                 await CheckpointAsync(Interlocked.Read(ref _checkpointsStarted), token, waitForCommit: false).ConfigureAwait(false);
-                lock (_cacheLock)
-                    again = _dirty.Count >= _dirtyHigh;
+                again = _cache.DirtyCount >= _cache.WriteBackThreshold;
             }
             catch (OperationCanceledException)
             {
@@ -953,67 +880,16 @@ public sealed partial class CompressedDevice : IBlockDevice
         }
     }
 
-    // ---- cache ----
-
-    private CachedLblk Pin(ulong lblk)
-    {
-        CachedLblk? entry;
-        bool added = false;
-        lock (_cacheLock)
-        {
-            if (!_cache.TryGetValue(lblk, out entry))
-            {
-                entry = new CachedLblk(lblk);
-                _cache.Add(lblk, entry);
-                added = true;
-            }
-            entry.Pins++;
-            entry.LastUse = ++_useClock;
-        }
-        if (added)
-            EvictIfNeeded();
-        return entry;
-    }
-
-    private void Unpin(CachedLblk entry)
-    {
-        lock (_cacheLock)
-            entry.Pins--;
-    }
-
-    /// <summary>Drops the least recently used clean, unpinned entries while the cache is over budget.</summary>
-    private void EvictIfNeeded()
-    {
-        List<CachedLblk>? victims = null;
-        lock (_cacheLock)
-        {
-            int excess = _cache.Count - _maxCached;
-            if (excess <= 0)
-                return;
-            excess += _maxCached / 8; // evict in batches, not one entry per miss
-            victims = [.. _cache.Values.Where(e => e.Pins == 0 && !e.Dirty).OrderBy(e => e.LastUse).Take(excess)];
-            foreach (var victim in victims)
-                _cache.Remove(victim.Lblk);
-        }
-        // Unpinned and unlisted: nobody holds or can reach these entries any more.
-        foreach (var victim in victims)
-            ReleaseData(victim);
-    }
-
     // ---- status ----
 
     /// <summary>
     /// True while every lblk holding data could be rewritten uncompressed (<see cref="SpacePromise"/>). An lblk
     /// holds data if it is allocated or dirty; publication counts it in <c>_lblksUsed</c> before it leaves
-    /// <c>_dirty</c>, so under the cache lock every such lblk is counted at least once. A dirty lblk that was
+    /// the dirty set, so under the cache lock every such lblk is counted at least once. A dirty lblk that was
     /// allocated already is counted twice: a burst of rewrites can withhold the promise until write-back, never
     /// give one too many.
     /// </summary>
-    private bool IsBacked()
-    {
-        lock (_cacheLock)
-            return _space.Backs(Interlocked.Read(ref _lblksUsed) + _dirty.Count);
-    }
+    private bool IsBacked() => _space.Backs(_cache.CountLblksWithData(ref _lblksUsed));
 
     public async ValueTask<IReadOnlyList<BlockExtent>> GetBlockStatusAsync(long offset, long length, CancellationToken cancellationToken = default)
     {
@@ -1042,13 +918,7 @@ public sealed partial class CompressedDevice : IBlockDevice
 
     private async ValueTask<(bool Hole, bool Zero)> LblkStatusAsync(ulong lblk, CancellationToken cancellationToken)
     {
-        CachedLblk? entry;
-        lock (_cacheLock)
-        {
-            if (_cache.TryGetValue(lblk, out entry))
-                entry.Pins++;
-        }
-        if (entry is not null)
+        if (_cache.TryPin(lblk, out var entry))
         {
             try
             {
@@ -1065,7 +935,7 @@ public sealed partial class CompressedDevice : IBlockDevice
             }
             finally
             {
-                Unpin(entry);
+                _cache.Unpin(entry);
             }
         }
         LblkAlloc alloc;
@@ -1184,13 +1054,7 @@ public sealed partial class CompressedDevice : IBlockDevice
             await _commit.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
             _scanStop.Cancel();
             await _claimsApplied.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
-            lock (_cacheLock)
-            {
-                foreach (var entry in _cache.Values)
-                    ReleaseData(entry);
-                _cache.Clear();
-                _dirty.Clear();
-            }
+            _cache.Clear();
             await _store.DisposeAsync().ConfigureAwait(false);
         }
     }

@@ -151,6 +151,8 @@ public class ModelTests(ITestOutputHelper output)
                             tally.OutOfSpace++;
                         break;
                 }
+                // Between operations nothing but write-back runs: the cache's invariants hold.
+                device.Cache.CheckInvariants();
             }
             // Everything, after one more clean close and open.
             await device.DisposeAsync();
