@@ -1,5 +1,4 @@
 using System.Buffers;
-using System.Collections.Concurrent;
 using System.Diagnostics;
 using Cbd.Core.Compression;
 using Cbd.Core.Format;
@@ -45,16 +44,9 @@ public sealed partial class CompressedDevice : IBlockDevice
     private volatile Exception? _failed;
     private int _disposed;
 
-    private long _lblksUsed;
-    private long _pblksUsed;
-
-    // Damage: the pbats are trusted only once compared with every lbat's claims (PblkClaims). On a clean
-    // image that scan runs behind open, and write-back, the only user of the allocator, waits for it.
-    private Task _claimsApplied = Task.CompletedTask;
-    private readonly CancellationTokenSource _scanStop = new();
-    /// <summary>lblks already named in the log as damaged, so that each is named once.</summary>
-    private readonly ConcurrentDictionary<ulong, byte> _damaged = new();
-    private const int MaxDamageLines = 100;
+    private readonly UsedCounts _used;
+    private readonly DamageLog _damage;
+    private readonly DeviceRecovery _recovery;
 
     private CompressedDevice(IBackingStore store, Header header, Geometry geometry, DeviceOptions options)
     {
@@ -70,10 +62,11 @@ public sealed partial class CompressedDevice : IBlockDevice
         _cache = new LblkCache(_lblkSize, geometry.Alloc.PblksPerLblk, options, _parallelism);
         _buffers = _cache.Buffers;
         _lbat = new LbatCache(geometry, store, maxCleanPages: 4096);
-        _alloc = new Allocator(geometry, store, (long)header.PblkUsed, Log);
+        _damage = new DamageLog(options.Log);
+        _alloc = new Allocator(geometry, store, (long)header.PblkUsed, _damage.Log);
         _space = new SpacePromise(geometry);
-        _lblksUsed = (long)header.LblkUsed;
-        _pblksUsed = (long)header.PblkUsed;
+        _used = new UsedCounts((long)header.LblkUsed, (long)header.PblkUsed);
+        _recovery = new DeviceRecovery(geometry, store, _alloc, _used, _damage);
     }
 
     /// <summary>The header as last written (stats are as of open or last clean close).</summary>
@@ -150,9 +143,7 @@ public sealed partial class CompressedDevice : IBlockDevice
         bool dirty = geometry.Header.Flags.HasFlag(HeaderFlags.Dirty);
         if (dirty)
         {
-            // The pbats and stats are not trusted at all: rebuilt from the lbats before anything else.
-            var claims = await PblkClaims.ScanAsync(geometry, store, cancellationToken).ConfigureAwait(false);
-            await device.ApplyClaimsAsync(claims, rebuild: true, cancellationToken).ConfigureAwait(false);
+            await device._recovery.RebuildAsync(cancellationToken).ConfigureAwait(false);
             device.Recovered = true;
         }
         if (!options.ReadOnly)
@@ -162,7 +153,7 @@ public sealed partial class CompressedDevice : IBlockDevice
             // A clean image opens at once: its pbats are checked against the lbats behind open, since reading
             // every lbat takes seconds on a large sparse device, and only write-back has to wait for it.
             if (!dirty)
-                device._claimsApplied = Task.Run(device.AuditPbatsAsync);
+                device._recovery.StartAudit();
             device._writeBackLoop = Task.Run(device.WriteBackLoopAsync);
         }
         return device;
@@ -171,8 +162,8 @@ public sealed partial class CompressedDevice : IBlockDevice
     public DeviceStats GetStats()
     {
         int dirty = _cache.DirtyCount;
-        return new DeviceStats(Size, _lblkSize, (long)_geometry.NrLblks, Interlocked.Read(ref _lblksUsed),
-            (long)_geometry.TotalDataPblks, Interlocked.Read(ref _pblksUsed), dirty);
+        return new DeviceStats(Size, _lblkSize, (long)_geometry.NrLblks, Interlocked.Read(ref _used.Lblks),
+            (long)_geometry.TotalDataPblks, Interlocked.Read(ref _used.Pblks), dirty);
     }
 
     // ---- reads ----
@@ -266,7 +257,7 @@ public sealed partial class CompressedDevice : IBlockDevice
         }
         catch (InvalidDataException e)
         {
-            throw Damaged(entry.Lblk, $"invalid lblk_alloc entry ({WithoutLblk(e.Message)}); it reads as an I/O error until written whole or repaired (cbd check --repair)");
+            throw _damage.Damaged(entry.Lblk, $"invalid lblk_alloc entry ({DamageLog.WithoutLblk(e.Message)}); it reads as an I/O error until written whole or repaired (cbd check --repair)");
         }
         if (!alloc.IsAllocated)
         {
@@ -285,7 +276,7 @@ public sealed partial class CompressedDevice : IBlockDevice
             {
                 uint actual = Checksums.LblkCrc(entry.Lblk, bytes);
                 if (actual != alloc.Crc)
-                    throw Damaged(entry.Lblk, $"checksum mismatch (stored 0x{alloc.Crc:x8}, computed 0x{actual:x8}) in pblks {string.Join(',', alloc.Pblks)}");
+                    throw _damage.Damaged(entry.Lblk, $"checksum mismatch (stored 0x{alloc.Crc:x8}, computed 0x{actual:x8}) in pblks {string.Join(',', alloc.Pblks)}");
             }
             byte[] data = _buffers.Rent();
             bool ok;
@@ -302,7 +293,7 @@ public sealed partial class CompressedDevice : IBlockDevice
             if (!ok)
             {
                 _buffers.Return(data);
-                throw Damaged(entry.Lblk, $"stored bytes (algorithm id {bytes[0]}, {storedBytes} bytes) do not decompress to one {_lblkSize}-byte lblk");
+                throw _damage.Damaged(entry.Lblk, $"stored bytes (algorithm id {bytes[0]}, {storedBytes} bytes) do not decompress to one {_lblkSize}-byte lblk");
             }
             entry.Data = data;
             entry.IsZero = false;
@@ -520,7 +511,7 @@ public sealed partial class CompressedDevice : IBlockDevice
                 // try settles it. (Dirty lblks are not counted here: rewrites of allocated ones would count twice.)
                 bool othersHoldSpace = _alloc.Reserved > 0 ||
                     Interlocked.Read(ref _checkpointsCompleted) != Interlocked.Read(ref _checkpointsStarted);
-                if (!othersHoldSpace || !_space.Backs(Interlocked.Read(ref _lblksUsed)))
+                if (!othersHoldSpace || !_space.Backs(Interlocked.Read(ref _used.Lblks)))
                     return _alloc.TryReserve(count) ? count : 0;
             }
             // Write-back releases reservations beyond what compression needed and frees replaced pblks.
@@ -586,11 +577,11 @@ public sealed partial class CompressedDevice : IBlockDevice
             if (Interlocked.Read(ref _checkpointsCompleted) > coveredAfter)
                 return;
             // Nothing is allocated or freed before the pbats were checked against every lbat.
-            if (!_claimsApplied.IsCompletedSuccessfully)
+            if (!_recovery.ClaimsApplied.IsCompletedSuccessfully)
             {
                 try
                 {
-                    await _claimsApplied.WaitAsync(cancellationToken).ConfigureAwait(false);
+                    await _recovery.ClaimsApplied.WaitAsync(cancellationToken).ConfigureAwait(false);
                 }
                 catch (Exception e) when (e is not OperationCanceledException)
                 {
@@ -680,12 +671,12 @@ public sealed partial class CompressedDevice : IBlockDevice
                     // The lblk was written whole over a damaged entry: the new entry repairs it. What the old
                     // one named is not freed, since those pblks may be another lblk's (they stay leaked).
                     old = LblkAlloc.Unallocated;
-                    Log($"lblk {result.Entry.Lblk}: invalid lblk_alloc entry ({WithoutLblk(e.Message)}) replaced by the lblk's new contents; the pblks it named stay in use");
+                    _damage.Log($"lblk {result.Entry.Lblk}: invalid lblk_alloc entry ({DamageLog.WithoutLblk(e.Message)}) replaced by the lblk's new contents; the pblks it named stay in use");
                 }
                 await _lbat.WriteAsync(result.Entry.Lblk, result.Alloc, ct).ConfigureAwait(false);
                 freed.AddRange(old.Pblks);
-                Interlocked.Add(ref _lblksUsed, (result.Alloc.IsAllocated ? 1 : 0) - (old.IsAllocated ? 1 : 0));
-                Interlocked.Add(ref _pblksUsed, result.Alloc.Pblks.Length - old.Pblks.Length);
+                Interlocked.Add(ref _used.Lblks, (result.Alloc.IsAllocated ? 1 : 0) - (old.IsAllocated ? 1 : 0));
+                Interlocked.Add(ref _used.Pblks, result.Alloc.Pblks.Length - old.Pblks.Length);
             }
             if (_options.Fault == CheckpointFault.PublishBeforeDataFsync)
                 await _store.FlushAsync(ct).ConfigureAwait(false);
@@ -884,12 +875,12 @@ public sealed partial class CompressedDevice : IBlockDevice
 
     /// <summary>
     /// True while every lblk holding data could be rewritten uncompressed (<see cref="SpacePromise"/>). An lblk
-    /// holds data if it is allocated or dirty; publication counts it in <c>_lblksUsed</c> before it leaves
+    /// holds data if it is allocated or dirty; publication counts it in <see cref="UsedCounts.Lblks"/> before it leaves
     /// the dirty set, so under the cache lock every such lblk is counted at least once. A dirty lblk that was
     /// allocated already is counted twice: a burst of rewrites can withhold the promise until write-back, never
     /// give one too many.
     /// </summary>
-    private bool IsBacked() => _space.Backs(_cache.CountLblksWithData(ref _lblksUsed));
+    private bool IsBacked() => _space.Backs(_cache.CountLblksWithData(ref _used.Lblks));
 
     public async ValueTask<IReadOnlyList<BlockExtent>> GetBlockStatusAsync(long offset, long length, CancellationToken cancellationToken = default)
     {
@@ -952,71 +943,14 @@ public sealed partial class CompressedDevice : IBlockDevice
 
     // ---- open and close ----
 
-    /// <summary>
-    /// Makes the allocator agree with the lbats' claims (see <see cref="Allocator.ApplyClaimsAsync"/>),
-    /// names every lblk with an invalid entry in the log, and takes the stats from the lbats.
-    /// </summary>
-    private async ValueTask ApplyClaimsAsync(PblkClaims claims, bool rebuild, CancellationToken cancellationToken)
-    {
-        foreach (var (lblk, reason) in claims.Invalid)
-            ReportDamaged(lblk, $"invalid lblk_alloc entry ({WithoutLblk(reason)}); it reads as an I/O error until written whole or repaired (cbd check --repair); the pblks it names stay in use");
-        await _alloc.ApplyClaimsAsync(claims, rebuild, cancellationToken).ConfigureAwait(false);
-        Interlocked.Exchange(ref _lblksUsed, claims.LblksUsed);
-        Interlocked.Exchange(ref _pblksUsed, claims.PblksUsed);
-    }
-
-    /// <summary>The scan behind the open of a clean image: every lbat's claims against the pbats.</summary>
-    private async Task AuditPbatsAsync()
-    {
-        var claims = await PblkClaims.ScanAsync(_geometry, _store, _scanStop.Token).ConfigureAwait(false);
-        await ApplyClaimsAsync(claims, rebuild: false, _scanStop.Token).ConfigureAwait(false);
-    }
-
-    /// <summary>Names a damaged lblk in the log, once per session, and returns the error its reads get.</summary>
-    private LblkCorruptException Damaged(ulong lblk, string message)
-    {
-        ReportDamaged(lblk, $"lblk {lblk}: {message}");
-        return new LblkCorruptException((long)lblk, message);
-    }
-
-    private void ReportDamaged(ulong lblk, string line)
-    {
-        if (!_damaged.TryAdd(lblk, 0))
-            return;
-        int count = _damaged.Count;
-        if (count <= MaxDamageLines)
-            Log(line.StartsWith($"lblk {lblk}:", StringComparison.Ordinal) ? line : $"lblk {lblk}: {line}");
-        else if (count == MaxDamageLines + 1)
-            Log($"more than {MaxDamageLines} damaged lblks; no more are named (cbd check lists them all)");
-    }
-
-    /// <summary>A validation message without its leading "lblk N: ", for a line that names the lblk already.</summary>
-    private static string WithoutLblk(string message)
-    {
-        int colon = message.IndexOf(": ", StringComparison.Ordinal);
-        return message.StartsWith("lblk ", StringComparison.Ordinal) && colon > 0 ? message[(colon + 2)..] : message;
-    }
-
-    private void Log(string line)
-    {
-        try
-        {
-            _options.Log?.Invoke(line);
-        }
-        catch (Exception)
-        {
-            // A failing log must not turn damage to one lblk into a failure of the device.
-        }
-    }
-
     private async ValueTask WriteHeaderAsync(bool dirty, CancellationToken cancellationToken)
     {
         var flags = dirty ? Header.Flags | HeaderFlags.Dirty : Header.Flags & ~HeaderFlags.Dirty;
         var header = Header with
         {
             Flags = flags,
-            LblkUsed = (ulong)Interlocked.Read(ref _lblksUsed),
-            PblkUsed = (ulong)Interlocked.Read(ref _pblksUsed),
+            LblkUsed = (ulong)Interlocked.Read(ref _used.Lblks),
+            PblkUsed = (ulong)Interlocked.Read(ref _used.Pblks),
         };
         await header.WriteAsync(_store, cancellationToken).ConfigureAwait(false);
         Header = header;
@@ -1052,8 +986,7 @@ public sealed partial class CompressedDevice : IBlockDevice
             // A commit left running by write-back, or the scan behind open, must not outlive the store. A
             // commit's failure, if any, is in _failed and kept the image marked dirty.
             await _commit.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
-            _scanStop.Cancel();
-            await _claimsApplied.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+            await _recovery.StopAsync().ConfigureAwait(false);
             _cache.Clear();
             await _store.DisposeAsync().ConfigureAwait(false);
         }
