@@ -27,21 +27,9 @@ public sealed partial class CompressedDevice : IBlockDevice
 
     private readonly LblkCache _cache;
 
-    // Write-back: one checkpoint compresses at a time, while the ones before may still be publishing and
-    // committing; numbers let a flush skip work another checkpoint covered.
-    private readonly SemaphoreSlim _checkpointLock = new(1, 1);
-    /// <summary>The commit of the last checkpoint; each commit waits for the one before it.</summary>
-    private Task _commit = Task.CompletedTask;
-    /// <summary>The publication of the last checkpoint; each waits for the one before it.</summary>
-    private Task<List<ulong>> _publish = Task.FromResult(new List<ulong>());
-    private Task _olderPublish = Task.CompletedTask;
-    private long _checkpointsStarted;
-    private long _checkpointsCompleted;
-    private readonly SemaphoreSlim _kick = new(0, 1);
-    private TaskCompletionSource _checkpointDone = new(TaskCreationOptions.RunContinuationsAsynchronously);
-    private readonly CancellationTokenSource _stop = new();
-    private Task? _writeBackLoop;
-    private volatile Exception? _failed;
+    private readonly LblkIo _io;
+    private readonly CheckpointPipeline _pipeline;
+    private readonly WriteBackScheduler _scheduler;
     private int _disposed;
 
     private readonly UsedCounts _used;
@@ -67,6 +55,9 @@ public sealed partial class CompressedDevice : IBlockDevice
         _space = new SpacePromise(geometry);
         _used = new UsedCounts((long)header.LblkUsed, (long)header.PblkUsed);
         _recovery = new DeviceRecovery(geometry, store, _alloc, _used, _damage);
+        _io = new LblkIo(geometry, store, _lbat, _alloc, _buffers, _codec, _zeroDetect, _crc, _damage);
+        _pipeline = new CheckpointPipeline(store, _lbat, _alloc, _cache, _io, _used, _recovery, _damage, _parallelism, options.Fault);
+        _scheduler = new WriteBackScheduler(_cache, _pipeline, options.FlushDelay);
     }
 
     /// <summary>The header as last written (stats are as of open or last clean close).</summary>
@@ -154,7 +145,7 @@ public sealed partial class CompressedDevice : IBlockDevice
             // every lbat takes seconds on a large sparse device, and only write-back has to wait for it.
             if (!dirty)
                 device._recovery.StartAudit();
-            device._writeBackLoop = Task.Run(device.WriteBackLoopAsync);
+            device._scheduler.Start();
         }
         return device;
     }
@@ -197,7 +188,7 @@ public sealed partial class CompressedDevice : IBlockDevice
             await entry.Lock.WaitAsync(cancellationToken).ConfigureAwait(false);
             try
             {
-                await EnsureLoadedAsync(entry, cancellationToken).ConfigureAwait(false);
+                await _io.EnsureLoadedAsync(entry, cancellationToken).ConfigureAwait(false);
                 if (entry.IsZero)
                     destination.Span.Clear();
                 else
@@ -231,7 +222,7 @@ public sealed partial class CompressedDevice : IBlockDevice
                 await entry.Lock.WaitAsync(cancellationToken).ConfigureAwait(false);
                 try
                 {
-                    await EnsureLoadedAsync(entry, cancellationToken).ConfigureAwait(false);
+                    await _io.EnsureLoadedAsync(entry, cancellationToken).ConfigureAwait(false);
                 }
                 finally
                 {
@@ -242,66 +233,6 @@ public sealed partial class CompressedDevice : IBlockDevice
             {
                 _cache.Unpin(entry);
             }
-        }
-    }
-
-    /// <summary>Loads an lblk from the backing store into its cache entry. Caller holds the entry's lock.</summary>
-    private async ValueTask EnsureLoadedAsync(CachedLblk entry, CancellationToken cancellationToken)
-    {
-        if (entry.Loaded)
-            return;
-        LblkAlloc alloc;
-        try
-        {
-            alloc = await _lbat.ReadAsync(entry.Lblk, cancellationToken).ConfigureAwait(false);
-        }
-        catch (InvalidDataException e)
-        {
-            throw _damage.Damaged(entry.Lblk, $"invalid lblk_alloc entry ({DamageLog.WithoutLblk(e.Message)}); it reads as an I/O error until written whole or repaired (cbd check --repair)");
-        }
-        if (!alloc.IsAllocated)
-        {
-            entry.IsZero = true;
-            entry.Loaded = true;
-            return;
-        }
-        var format = _geometry.Alloc;
-        int storedBytes = format.StoredBytes(alloc.Length);
-        byte[] stored = _buffers.Rent();
-        try
-        {
-            await _store.ReadPblksAsync(alloc.Pblks, stored, cancellationToken: cancellationToken).ConfigureAwait(false);
-            var bytes = stored.AsSpan(0, storedBytes);
-            if (_crc)
-            {
-                uint actual = Checksums.LblkCrc(entry.Lblk, bytes);
-                if (actual != alloc.Crc)
-                    throw _damage.Damaged(entry.Lblk, $"checksum mismatch (stored 0x{alloc.Crc:x8}, computed 0x{actual:x8}) in pblks {string.Join(',', alloc.Pblks)}");
-            }
-            byte[] data = _buffers.Rent();
-            bool ok;
-            if (alloc.Length == format.UncompressedLength)
-            {
-                bytes.CopyTo(data);
-                ok = true;
-            }
-            else
-            {
-                var codec = Codec.ForReading(bytes[0]);
-                ok = codec is not null && codec.TryDecompress(bytes[1..], data.AsSpan(0, _lblkSize));
-            }
-            if (!ok)
-            {
-                _buffers.Return(data);
-                throw _damage.Damaged(entry.Lblk, $"stored bytes (algorithm id {bytes[0]}, {storedBytes} bytes) do not decompress to one {_lblkSize}-byte lblk");
-            }
-            entry.Data = data;
-            entry.IsZero = false;
-            entry.Loaded = true;
-        }
-        finally
-        {
-            _buffers.Return(stored);
         }
     }
 
@@ -390,7 +321,7 @@ public sealed partial class CompressedDevice : IBlockDevice
                     }
                     else if (shortfall > 0)
                     {
-                        int extra = PblksNeeded(entry) - entry.ReservedPblks;
+                        int extra = _io.PblksNeeded(entry) - entry.ReservedPblks;
                         if (extra > 0 && !_alloc.TryReserve(extra))
                         {
                             Restore(entry, undo, wasLoaded, wasZero);
@@ -435,29 +366,6 @@ public sealed partial class CompressedDevice : IBlockDevice
         entry.IsZero = wasZero;
     }
 
-    /// <summary>pblks write-back will need for the entry's contents as they are now. Caller holds the entry's lock.</summary>
-    private int PblksNeeded(CachedLblk entry)
-    {
-        var format = _geometry.Alloc;
-        if (entry.IsZero)
-            return 0;
-        var data = entry.Data.AsSpan(0, _lblkSize);
-        if (_zeroDetect && !data.ContainsAnyExcept((byte)0))
-            return 0;
-        if (format.MaxCompressedLength < 2)
-            return format.PblksPerLblk;
-        byte[] scratch = _buffers.Rent();
-        try
-        {
-            int compressed = _codec.Compress(data, scratch.AsSpan(1, format.MaxCompressedLength - 1));
-            return compressed > 0 ? format.PblksFor((uint)(1 + compressed)) : format.PblksPerLblk;
-        }
-        finally
-        {
-            _buffers.Return(scratch);
-        }
-    }
-
     /// <summary>The synchronous part of a change: everything unless the lblk must first be read.</summary>
     private void Apply(CachedLblk entry, int within, ReadOnlySpan<byte> data, bool zero, int zeroLength)
     {
@@ -492,7 +400,7 @@ public sealed partial class CompressedDevice : IBlockDevice
 
     private async ValueTask EnsureLoadedAndApplyAsync(CachedLblk entry, int within, ReadOnlyMemory<byte> data, int zeroLength, CancellationToken cancellationToken)
     {
-        await EnsureLoadedAsync(entry, cancellationToken).ConfigureAwait(false);
+        await _io.EnsureLoadedAsync(entry, cancellationToken).ConfigureAwait(false);
         Apply(entry, within, data.Span, zero: false, zeroLength);
     }
 
@@ -510,12 +418,12 @@ public sealed partial class CompressedDevice : IBlockDevice
                 // their checkpoints commit, so a write waits for them rather than fail. With none left, one more
                 // try settles it. (Dirty lblks are not counted here: rewrites of allocated ones would count twice.)
                 bool othersHoldSpace = _alloc.Reserved > 0 ||
-                    Interlocked.Read(ref _checkpointsCompleted) != Interlocked.Read(ref _checkpointsStarted);
+                    _pipeline.Completed != _pipeline.Started;
                 if (!othersHoldSpace || !_space.Backs(Interlocked.Read(ref _used.Lblks)))
                     return _alloc.TryReserve(count) ? count : 0;
             }
             // Write-back releases reservations beyond what compression needed and frees replaced pblks.
-            await CheckpointAsync(Interlocked.Read(ref _checkpointsStarted), cancellationToken).ConfigureAwait(false);
+            await _pipeline.CheckpointAsync(_pipeline.Started, cancellationToken).ConfigureAwait(false);
         }
     }
 
@@ -525,27 +433,14 @@ public sealed partial class CompressedDevice : IBlockDevice
         while (true)
         {
             // The signal is taken before the count: progress made after the count was read then ends the wait.
-            var checkpointDone = Volatile.Read(ref _checkpointDone).Task;
+            var checkpointDone = _pipeline.Progress;
             int dirty = _cache.DirtyCount;
             if (dirty >= _cache.WriteBackThreshold)
-                Kick();
+                _scheduler.Kick();
             if (dirty < _cache.ThrottleThreshold)
                 return;
-            if (_failed is { } failed)
-                ThrowHelper.Failed(failed);
+            _pipeline.ThrowIfFailed();
             await checkpointDone.WaitAsync(cancellationToken).ConfigureAwait(false);
-        }
-    }
-
-    private void Kick()
-    {
-        try
-        {
-            if (_kick.CurrentCount == 0)
-                _kick.Release();
-        }
-        catch (SemaphoreFullException)
-        {
         }
     }
 
@@ -555,320 +450,7 @@ public sealed partial class CompressedDevice : IBlockDevice
     {
         if (IsReadOnly)
             return;
-        await CheckpointAsync(Interlocked.Read(ref _checkpointsStarted), cancellationToken).ConfigureAwait(false);
-    }
-
-    /// <summary>
-    /// Writes back every dirty lblk and makes it durable. Skipped when a checkpoint numbered above
-    /// <paramref name="coveredAfter"/> (so started after the caller's writes) has completed meanwhile.
-    /// With <paramref name="waitForCommit"/> false it returns once the lblks are compressed and written,
-    /// and the rest goes on behind while the next checkpoint compresses: its fsync and publication
-    /// (<see cref="PublishAsync"/>), then its commit (<see cref="CommitAsync"/>). Each stage of a checkpoint
-    /// waits for the same stage of the one before, so entries are published and committed in order.
-    /// </summary>
-    private async ValueTask CheckpointAsync(long coveredAfter, CancellationToken cancellationToken, bool waitForCommit = true)
-    {
-        Task commit;
-        await _checkpointLock.WaitAsync(cancellationToken).ConfigureAwait(false);
-        try
-        {
-            if (_failed is { } failed)
-                ThrowHelper.Failed(failed);
-            if (Interlocked.Read(ref _checkpointsCompleted) > coveredAfter)
-                return;
-            // Nothing is allocated or freed before the pbats were checked against every lbat.
-            if (!_recovery.ClaimsApplied.IsCompletedSuccessfully)
-            {
-                try
-                {
-                    await _recovery.ClaimsApplied.WaitAsync(cancellationToken).ConfigureAwait(false);
-                }
-                catch (Exception e) when (e is not OperationCanceledException)
-                {
-                    _failed ??= e;
-                    throw;
-                }
-            }
-            // One publication at most goes on behind this checkpoint's compression: a deeper pipeline would
-            // only find the lblks still being written back by the checkpoints before.
-            // Its failure, if any, is in _failed, which the stages below check.
-            await _olderPublish.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
-            long number = Interlocked.Increment(ref _checkpointsStarted);
-            var (batch, results) = await WriteBackDirtyAsync().ConfigureAwait(false);
-            var publish = PublishAsync(_publish, batch, results);
-            _olderPublish = _publish;
-            _publish = publish;
-            commit = CommitAsync(_commit, publish, number);
-            _commit = commit;
-        }
-        finally
-        {
-            _checkpointLock.Release();
-        }
-        if (waitForCommit)
-            await commit.ConfigureAwait(false);
-    }
-
-    private sealed record WrittenBack(CachedLblk Entry, long Version, LblkAlloc Alloc);
-
-    /// <summary>
-    /// Step 1 of the write-back order that keeps the image consistent at every instant: compress the dirty
-    /// lblks and write them to free pblks. The batch stays pinned until <see cref="PublishAsync"/>. An lblk
-    /// an earlier checkpoint is still writing back, unchanged since, is left to it.
-    /// </summary>
-    private async Task<(List<CachedLblk> Batch, WrittenBack?[] Results)> WriteBackDirtyAsync()
-    {
-        var batch = _cache.PinDirtyForWriteBack();
-        var results = new WrittenBack?[batch.Count];
-        try
-        {
-            // Write-back runs to completion once started: cancelling half-way would strand reservations.
-            await Parallel.ForAsync(0, batch.Count, new ParallelOptions { MaxDegreeOfParallelism = _parallelism },
-                async (i, token) => results[i] = await WriteBackAsync(batch[i], token).ConfigureAwait(false)).ConfigureAwait(false);
-        }
-        catch (Exception e)
-        {
-            // The image on disk is still consistent (nothing live was overwritten), but what is in
-            // memory may not be: stop taking writes rather than risk them.
-            _failed ??= e;
-            _cache.Unpin(batch);
-            throw;
-        }
-        return (batch, results);
-    }
-
-    /// <summary>
-    /// Steps 2 and 3, after the previous checkpoint's: fsync, so the data is durable before any entry points
-    /// at it; then publish the new lblk_alloc entries in memory and mark the lblks clean. Returns the pblks
-    /// the new entries replaced.
-    /// </summary>
-    private async Task<List<ulong>> PublishAsync(Task previous, List<CachedLblk> batch, WrittenBack?[] results)
-    {
-        var ct = CancellationToken.None;
-        var freed = new List<ulong>();
-        // A failure of the stage before is in _failed, checked next.
-        await previous.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
-        try
-        {
-            if (_failed is { } failed)
-                ThrowHelper.Failed(failed);
-            if (batch.Count == 0)
-                return freed;
-            if (_options.Fault != CheckpointFault.PublishBeforeDataFsync)
-                await _store.FlushAsync(ct).ConfigureAwait(false);
-
-            foreach (var result in results)
-            {
-                if (result is null)
-                    continue;
-                LblkAlloc old;
-                try
-                {
-                    old = await _lbat.ReadAsync(result.Entry.Lblk, ct).ConfigureAwait(false);
-                }
-                catch (InvalidDataException e)
-                {
-                    // The lblk was written whole over a damaged entry: the new entry repairs it. What the old
-                    // one named is not freed, since those pblks may be another lblk's (they stay leaked).
-                    old = LblkAlloc.Unallocated;
-                    _damage.Log($"lblk {result.Entry.Lblk}: invalid lblk_alloc entry ({DamageLog.WithoutLblk(e.Message)}) replaced by the lblk's new contents; the pblks it named stay in use");
-                }
-                await _lbat.WriteAsync(result.Entry.Lblk, result.Alloc, ct).ConfigureAwait(false);
-                freed.AddRange(old.Pblks);
-                Interlocked.Add(ref _used.Lblks, (result.Alloc.IsAllocated ? 1 : 0) - (old.IsAllocated ? 1 : 0));
-                Interlocked.Add(ref _used.Pblks, result.Alloc.Pblks.Length - old.Pblks.Length);
-            }
-            if (_options.Fault == CheckpointFault.PublishBeforeDataFsync)
-                await _store.FlushAsync(ct).ConfigureAwait(false);
-            // The entries are published in memory: an evicted lblk now reloads its new contents.
-            foreach (var result in results)
-            {
-                if (result is null)
-                    continue;
-                var entry = result.Entry;
-                await entry.Lock.WaitAsync(ct).ConfigureAwait(false);
-                try
-                {
-                    if (entry.Version == result.Version)
-                        _cache.MarkClean(entry);
-                }
-                finally
-                {
-                    entry.Lock.Release();
-                }
-            }
-            _cache.RestartDirtyClock();
-            return freed;
-        }
-        catch (Exception e)
-        {
-            _failed ??= e;
-            throw;
-        }
-        finally
-        {
-            _cache.Unpin(batch);
-            _cache.EvictIfNeeded();
-            // Writers held back by a full cache may go on now: the entries written back are clean.
-            SignalCheckpointProgress();
-        }
-    }
-
-    /// <summary>
-    /// The last steps of checkpoint <paramref name="number"/>, after the one before it
-    /// (<paramref name="previous"/>) and its own publication: 4. write the changed lbat pblks; 5. fsync;
-    /// 6. only now free the replaced pblks, since until step 5 a power cut would bring the old entries
-    /// back, and they must still find their data. Entries a later checkpoint publishes meanwhile may go
-    /// out with these lbat pblks: their data was made durable before they were published.
-    /// </summary>
-    private async Task CommitAsync(Task previous, Task<List<ulong>> publish, long number)
-    {
-        var ct = CancellationToken.None;
-        // A failure of either stage waited for is in _failed, checked next.
-        await previous.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
-        await ((Task)publish).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
-        try
-        {
-            if (_failed is { } failed)
-                ThrowHelper.Failed(failed);
-            var freed = publish.Result;
-            if (_options.Fault == CheckpointFault.FreeBeforeCommitFsync)
-            {
-                await _alloc.FreeAsync(freed, ct).ConfigureAwait(false);
-                freed = [];
-            }
-            if (freed.Count > 0 || _lbat.HasDirty)
-            {
-                await _lbat.WriteDirtyAsync(ct).ConfigureAwait(false);
-                await _store.FlushAsync(ct).ConfigureAwait(false);
-                await _alloc.FreeAsync(freed, ct).ConfigureAwait(false);
-            }
-            Interlocked.Exchange(ref _checkpointsCompleted, number);
-        }
-        catch (Exception e)
-        {
-            _failed ??= e;
-            throw;
-        }
-        finally
-        {
-            SignalCheckpointProgress();
-        }
-    }
-
-    /// <summary>Compresses one dirty lblk and writes it to newly allocated pblks; null when it is no longer dirty.</summary>
-    private async ValueTask<WrittenBack?> WriteBackAsync(CachedLblk entry, CancellationToken cancellationToken)
-    {
-        long version;
-        int reserved;
-        uint length;
-        uint crc = 0;
-        int storedBytes = 0;
-        byte[]? stored = null;
-        var format = _geometry.Alloc;
-        await entry.Lock.WaitAsync(cancellationToken).ConfigureAwait(false);
-        try
-        {
-            if (!entry.Dirty || entry.WriteBackVersion == entry.Version)
-                return null; // clean, or an earlier checkpoint is writing this very version back
-            version = entry.Version;
-            entry.WriteBackVersion = version;
-            // The reservation moves to this write-back; a write that lands meanwhile reserves anew.
-            reserved = entry.ReservedPblks;
-            entry.ReservedPblks = 0;
-            var data = entry.IsZero ? default : entry.Data.AsSpan(0, _lblkSize);
-            if (entry.IsZero || (_zeroDetect && !data.ContainsAnyExcept((byte)0)))
-            {
-                length = 0;
-            }
-            else
-            {
-                stored = _buffers.Rent();
-                // A 4 KiB lblk can never save a pblk: it is always stored as it is.
-                int compressed = format.MaxCompressedLength < 2 ? -1 : _codec.Compress(data, stored.AsSpan(1, format.MaxCompressedLength - 1));
-                if (compressed > 0)
-                {
-                    stored[0] = (byte)_codec.Algorithm;
-                    storedBytes = 1 + compressed;
-                    length = (uint)storedBytes;
-                }
-                else
-                {
-                    data.CopyTo(stored);
-                    storedBytes = _lblkSize;
-                    length = format.UncompressedLength;
-                }
-                if (_crc)
-                    crc = Checksums.LblkCrc(entry.Lblk, stored.AsSpan(0, storedBytes));
-            }
-        }
-        finally
-        {
-            entry.Lock.Release();
-        }
-
-        if (stored is null)
-        {
-            if (reserved > 0)
-                _alloc.Unreserve(reserved);
-            return new WrittenBack(entry, version, LblkAlloc.Unallocated);
-        }
-        try
-        {
-            int count = format.PblksFor(length);
-            stored.AsSpan(storedBytes, count * Layout.PblkSize - storedBytes).Clear();
-            var pblks = new ulong[count];
-            await _alloc.AllocateAsync(_geometry.HomeZone(entry.Lblk), pblks, reserved, cancellationToken).ConfigureAwait(false);
-            await _store.WritePblksAsync(pblks, stored, cancellationToken).ConfigureAwait(false);
-            return new WrittenBack(entry, version, new LblkAlloc(length, crc, pblks));
-        }
-        finally
-        {
-            _buffers.Return(stored);
-        }
-    }
-
-    /// <summary>Wakes writers waiting in <see cref="ThrottleAsync"/> to look at the dirty count again.</summary>
-    private void SignalCheckpointProgress()
-    {
-        Interlocked.Exchange(ref _checkpointDone, new(TaskCreationOptions.RunContinuationsAsynchronously)).TrySetResult();
-    }
-
-    private async Task WriteBackLoopAsync()
-    {
-        var token = _stop.Token;
-        var tick = TimeSpan.FromMilliseconds(Math.Clamp(_options.FlushDelay.TotalMilliseconds / 4, 10, 1000));
-        bool again = false;
-        while (!token.IsCancellationRequested)
-        {
-            try
-            {
-                if (!again)
-                    await _kick.WaitAsync(tick, token).ConfigureAwait(false);
-            }
-            catch (OperationCanceledException)
-            {
-                return;
-            }
-            bool due = _cache.IsWriteBackDue(_options.FlushDelay);
-            again = false;
-            if (!due)
-                continue;
-            try
-            {
-                // Publication and commit go on behind: the next checkpoint may compress meanwhile.
-                await CheckpointAsync(Interlocked.Read(ref _checkpointsStarted), token, waitForCommit: false).ConfigureAwait(false);
-                again = _cache.DirtyCount >= _cache.WriteBackThreshold;
-            }
-            catch (OperationCanceledException)
-            {
-                return;
-            }
-            catch (Exception)
-            {
-                return; // _failed holds the cause; writes and flushes now report it
-            }
-        }
+        await _scheduler.FlushAsync(cancellationToken).ConfigureAwait(false);
     }
 
     // ---- status ----
@@ -968,15 +550,10 @@ public sealed partial class CompressedDevice : IBlockDevice
         {
             if (!IsReadOnly)
             {
-                _stop.Cancel();
-                if (_writeBackLoop is not null)
-                    await _writeBackLoop.ConfigureAwait(false);
-                if (_failed is null)
+                await _scheduler.StopAsync().ConfigureAwait(false);
+                if (_pipeline.Failed is null)
                 {
-                    await CheckpointAsync(Interlocked.Read(ref _checkpointsStarted), CancellationToken.None).ConfigureAwait(false);
-                    await _commit.ConfigureAwait(false);
-                    await _alloc.WriteDirtyAsync(CancellationToken.None).ConfigureAwait(false);
-                    await _store.FlushAsync().ConfigureAwait(false);
+                    await _pipeline.CloseAsync().ConfigureAwait(false);
                     await WriteHeaderAsync(dirty: false, CancellationToken.None).ConfigureAwait(false);
                 }
             }
@@ -985,7 +562,7 @@ public sealed partial class CompressedDevice : IBlockDevice
         {
             // A commit left running by write-back, or the scan behind open, must not outlive the store. A
             // commit's failure, if any, is in _failed and kept the image marked dirty.
-            await _commit.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+            await _pipeline.CommitFinished.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
             await _recovery.StopAsync().ConfigureAwait(false);
             _cache.Clear();
             await _store.DisposeAsync().ConfigureAwait(false);
@@ -1005,7 +582,6 @@ public sealed partial class CompressedDevice : IBlockDevice
     {
         if (IsReadOnly)
             ThrowHelper.ReadOnly();
-        if (_failed is { } failed)
-            ThrowHelper.Failed(failed);
+        _pipeline.ThrowIfFailed();
     }
 }

@@ -1,0 +1,194 @@
+using Cbd.Core.Compression;
+using Cbd.Core.Format;
+using Cbd.Core.Storage;
+
+namespace Cbd.Core.Engine;
+
+/// <summary>
+/// Moves one lblk between the cache and the backing store: loads its stored form into a cache entry
+/// (checksum, decompression), and writes an entry back compressed into newly allocated pblks (the per-lblk
+/// part of step 2 of docs/FORMAT.md, "Consistency"). A stored form that fails its checks makes the lblk read
+/// as <see cref="LblkCorruptException"/>, named once in the <see cref="DamageLog"/>.
+/// </summary>
+internal sealed class LblkIo
+{
+    private readonly Geometry _geometry;
+    private readonly IBackingStore _store;
+    private readonly LbatCache _lbat;
+    private readonly Allocator _alloc;
+    private readonly LblkBufferPool _buffers;
+    private readonly Codec _codec;
+    private readonly bool _zeroDetect;
+    private readonly bool _crc;
+    private readonly DamageLog _damage;
+    private readonly int _lblkSize;
+
+    public LblkIo(Geometry geometry, IBackingStore store, LbatCache lbat, Allocator alloc, LblkBufferPool buffers, Codec codec, bool zeroDetect, bool crc, DamageLog damage)
+    {
+        _geometry = geometry;
+        _store = store;
+        _lbat = lbat;
+        _alloc = alloc;
+        _buffers = buffers;
+        _codec = codec;
+        _zeroDetect = zeroDetect;
+        _crc = crc;
+        _damage = damage;
+        _lblkSize = geometry.LblkSize;
+    }
+
+    /// <summary>Loads an lblk from the backing store into its cache entry. Caller holds the entry's lock.</summary>
+    public async ValueTask EnsureLoadedAsync(CachedLblk entry, CancellationToken cancellationToken)
+    {
+        if (entry.Loaded)
+            return;
+        LblkAlloc alloc;
+        try
+        {
+            alloc = await _lbat.ReadAsync(entry.Lblk, cancellationToken).ConfigureAwait(false);
+        }
+        catch (InvalidDataException e)
+        {
+            throw _damage.Damaged(entry.Lblk, $"invalid lblk_alloc entry ({DamageLog.WithoutLblk(e.Message)}); it reads as an I/O error until written whole or repaired (cbd check --repair)");
+        }
+        if (!alloc.IsAllocated)
+        {
+            entry.IsZero = true;
+            entry.Loaded = true;
+            return;
+        }
+        var format = _geometry.Alloc;
+        int storedBytes = format.StoredBytes(alloc.Length);
+        byte[] stored = _buffers.Rent();
+        try
+        {
+            await _store.ReadPblksAsync(alloc.Pblks, stored, cancellationToken: cancellationToken).ConfigureAwait(false);
+            var bytes = stored.AsSpan(0, storedBytes);
+            if (_crc)
+            {
+                uint actual = Checksums.LblkCrc(entry.Lblk, bytes);
+                if (actual != alloc.Crc)
+                    throw _damage.Damaged(entry.Lblk, $"checksum mismatch (stored 0x{alloc.Crc:x8}, computed 0x{actual:x8}) in pblks {string.Join(',', alloc.Pblks)}");
+            }
+            byte[] data = _buffers.Rent();
+            bool ok;
+            if (alloc.Length == format.UncompressedLength)
+            {
+                bytes.CopyTo(data);
+                ok = true;
+            }
+            else
+            {
+                var codec = Codec.ForReading(bytes[0]);
+                ok = codec is not null && codec.TryDecompress(bytes[1..], data.AsSpan(0, _lblkSize));
+            }
+            if (!ok)
+            {
+                _buffers.Return(data);
+                throw _damage.Damaged(entry.Lblk, $"stored bytes (algorithm id {bytes[0]}, {storedBytes} bytes) do not decompress to one {_lblkSize}-byte lblk");
+            }
+            entry.Data = data;
+            entry.IsZero = false;
+            entry.Loaded = true;
+        }
+        finally
+        {
+            _buffers.Return(stored);
+        }
+    }
+
+    /// <summary>pblks write-back will need for the entry's contents as they are now. Caller holds the entry's lock.</summary>
+    public int PblksNeeded(CachedLblk entry)
+    {
+        var format = _geometry.Alloc;
+        if (entry.IsZero)
+            return 0;
+        var data = entry.Data.AsSpan(0, _lblkSize);
+        if (_zeroDetect && !data.ContainsAnyExcept((byte)0))
+            return 0;
+        if (format.MaxCompressedLength < 2)
+            return format.PblksPerLblk;
+        byte[] scratch = _buffers.Rent();
+        try
+        {
+            int compressed = _codec.Compress(data, scratch.AsSpan(1, format.MaxCompressedLength - 1));
+            return compressed > 0 ? format.PblksFor((uint)(1 + compressed)) : format.PblksPerLblk;
+        }
+        finally
+        {
+            _buffers.Return(scratch);
+        }
+    }
+
+    /// <summary>Compresses one dirty lblk and writes it to newly allocated pblks; null when it is no longer dirty.</summary>
+    public async ValueTask<WrittenBack?> WriteBackAsync(CachedLblk entry, CancellationToken cancellationToken)
+    {
+        long version;
+        int reserved;
+        uint length;
+        uint crc = 0;
+        int storedBytes = 0;
+        byte[]? stored = null;
+        var format = _geometry.Alloc;
+        await entry.Lock.WaitAsync(cancellationToken).ConfigureAwait(false);
+        try
+        {
+            if (!entry.Dirty || entry.WriteBackVersion == entry.Version)
+                return null; // clean, or an earlier checkpoint is writing this very version back
+            version = entry.Version;
+            entry.WriteBackVersion = version;
+            // The reservation moves to this write-back; a write that lands meanwhile reserves anew.
+            reserved = entry.ReservedPblks;
+            entry.ReservedPblks = 0;
+            var data = entry.IsZero ? default : entry.Data.AsSpan(0, _lblkSize);
+            if (entry.IsZero || (_zeroDetect && !data.ContainsAnyExcept((byte)0)))
+            {
+                length = 0;
+            }
+            else
+            {
+                stored = _buffers.Rent();
+                // A 4 KiB lblk can never save a pblk: it is always stored as it is.
+                int compressed = format.MaxCompressedLength < 2 ? -1 : _codec.Compress(data, stored.AsSpan(1, format.MaxCompressedLength - 1));
+                if (compressed > 0)
+                {
+                    stored[0] = (byte)_codec.Algorithm;
+                    storedBytes = 1 + compressed;
+                    length = (uint)storedBytes;
+                }
+                else
+                {
+                    data.CopyTo(stored);
+                    storedBytes = _lblkSize;
+                    length = format.UncompressedLength;
+                }
+                if (_crc)
+                    crc = Checksums.LblkCrc(entry.Lblk, stored.AsSpan(0, storedBytes));
+            }
+        }
+        finally
+        {
+            entry.Lock.Release();
+        }
+
+        if (stored is null)
+        {
+            if (reserved > 0)
+                _alloc.Unreserve(reserved);
+            return new WrittenBack(entry, version, LblkAlloc.Unallocated);
+        }
+        try
+        {
+            int count = format.PblksFor(length);
+            stored.AsSpan(storedBytes, count * Layout.PblkSize - storedBytes).Clear();
+            var pblks = new ulong[count];
+            await _alloc.AllocateAsync(_geometry.HomeZone(entry.Lblk), pblks, reserved, cancellationToken).ConfigureAwait(false);
+            await _store.WritePblksAsync(pblks, stored, cancellationToken).ConfigureAwait(false);
+            return new WrittenBack(entry, version, new LblkAlloc(length, crc, pblks));
+        }
+        finally
+        {
+            _buffers.Return(stored);
+        }
+    }
+}
