@@ -1,5 +1,3 @@
-using System.Buffers;
-using System.Diagnostics;
 using Cbd.Core.Compression;
 using Cbd.Core.Format;
 using Cbd.Core.Storage;
@@ -10,32 +8,35 @@ namespace Cbd.Core.Engine;
 /// A compressed block device on a backing store: lblks are cached decompressed, written back compressed
 /// into free pblks, and published through their lblk_alloc entries (docs/FORMAT.md, "Consistency").
 /// </summary>
+/// <remarks>
+/// The front door of the engine and its open and close order; each job behind it has one type
+/// (docs/ARCHITECTURE.md): <see cref="LblkCache"/> (cached lblks, eviction), <see cref="LblkIo"/> (an lblk's
+/// stored form in and out), <see cref="WriteAdmission"/> (a change to one lblk: throttling, space),
+/// <see cref="CheckpointPipeline"/> (the write order), <see cref="WriteBackScheduler"/> (when a checkpoint
+/// starts), <see cref="DeviceRecovery"/> (pbats and stats against the lbats at open). A request over a byte
+/// range walks it lblk by lblk with <see cref="LblkRange"/>.
+/// </remarks>
 public sealed partial class CompressedDevice : IBlockDevice
 {
+    /// <summary>Clean lbat pblks the lbat cache keeps: 16 MiB of lblk_alloc entries.</summary>
+    private const int LbatCachePages = 4096;
+
     private readonly IBackingStore _store;
     private readonly Geometry _geometry;
     private readonly DeviceOptions _options;
-    private readonly Codec _codec;
     private readonly bool _zeroDetect;
-    private readonly bool _crc;
     private readonly LbatCache _lbat;
-    private readonly Allocator _alloc;
     private readonly int _lblkSize;
-    private readonly int _parallelism;
-    private readonly LblkBufferPool _buffers;
     private readonly SpacePromise _space;
+    private readonly UsedCounts _used;
 
     private readonly LblkCache _cache;
-
     private readonly LblkIo _io;
+    private readonly DeviceRecovery _recovery;
     private readonly CheckpointPipeline _pipeline;
     private readonly WriteBackScheduler _scheduler;
     private readonly WriteAdmission _admission;
     private int _disposed;
-
-    private readonly UsedCounts _used;
-    private readonly DamageLog _damage;
-    private readonly DeviceRecovery _recovery;
 
     private CompressedDevice(IBackingStore store, Header header, Geometry geometry, DeviceOptions options)
     {
@@ -43,23 +44,22 @@ public sealed partial class CompressedDevice : IBlockDevice
         _geometry = geometry;
         Header = header;
         _options = options;
-        _codec = Codec.Create(header.Algorithm, header.Level);
+        var codec = Codec.Create(header.Algorithm, header.Level);
         _zeroDetect = header.Flags.HasFlag(HeaderFlags.ZeroDetect);
-        _crc = header.Flags.HasFlag(HeaderFlags.LblkCrc);
+        bool crc = header.Flags.HasFlag(HeaderFlags.LblkCrc);
         _lblkSize = geometry.LblkSize;
-        _parallelism = Math.Max(1, options.WriteBackParallelism ?? Environment.ProcessorCount);
-        _cache = new LblkCache(_lblkSize, geometry.Alloc.PblksPerLblk, options, _parallelism);
-        _buffers = _cache.Buffers;
-        _lbat = new LbatCache(geometry, store, maxCleanPages: 4096);
-        _damage = new DamageLog(options.Log);
-        _alloc = new Allocator(geometry, store, (long)header.PblkUsed, _damage.Log);
+        int parallelism = Math.Max(1, options.WriteBackParallelism ?? Environment.ProcessorCount);
+        _cache = new LblkCache(_lblkSize, geometry.Alloc.PblksPerLblk, options, parallelism);
+        _lbat = new LbatCache(geometry, store, maxCleanPages: LbatCachePages);
+        var damage = new DamageLog(options.Log);
+        var alloc = new Allocator(geometry, store, (long)header.PblkUsed, damage.Log);
         _space = new SpacePromise(geometry);
         _used = new UsedCounts((long)header.LblkUsed, (long)header.PblkUsed);
-        _recovery = new DeviceRecovery(geometry, store, _alloc, _used, _damage);
-        _io = new LblkIo(geometry, store, _lbat, _alloc, _buffers, _codec, _zeroDetect, _crc, _damage);
-        _pipeline = new CheckpointPipeline(store, _lbat, _alloc, _cache, _io, _used, _recovery, _damage, _parallelism, options.Fault);
+        _recovery = new DeviceRecovery(geometry, store, alloc, _used, damage);
+        _io = new LblkIo(geometry, store, _lbat, alloc, _cache.Buffers, codec, _zeroDetect, crc, damage);
+        _pipeline = new CheckpointPipeline(store, _lbat, alloc, _cache, _io, _used, _recovery, damage, parallelism, options.Fault);
         _scheduler = new WriteBackScheduler(_cache, _pipeline, options.FlushDelay);
-        _admission = new WriteAdmission(geometry, _cache, _io, _alloc, _space, _used, _pipeline, _scheduler);
+        _admission = new WriteAdmission(geometry, _cache, _io, alloc, _space, _used, _pipeline, _scheduler);
     }
 
     /// <summary>The header as last written (stats are as of open or last clean close).</summary>
