@@ -192,8 +192,7 @@ internal sealed class WriteAdmission
                 // alongside can hold it, reserved or written back and not yet committed, and it comes free as
                 // their checkpoints commit, so a write waits for them rather than fail. With none left, one more
                 // try settles it. (Dirty lblks are not counted here: rewrites of allocated ones would count twice.)
-                bool othersHoldSpace = _alloc.Reserved > 0 ||
-                    _pipeline.Completed != _pipeline.Started;
+                bool othersHoldSpace = _alloc.Reserved > 0 || _pipeline.Completed != _pipeline.Started;
                 if (!othersHoldSpace || !_space.Backs(Interlocked.Read(ref _used.Lblks)))
                     return _alloc.TryReserve(count) ? count : 0;
             }
@@ -208,14 +207,14 @@ internal sealed class WriteAdmission
         while (true)
         {
             // The signal is taken before the count: progress made after the count was read then ends the wait.
-            var checkpointDone = _pipeline.Progress;
+            var progress = _pipeline.Progress;
             int dirty = _cache.DirtyCount;
             if (dirty >= _cache.WriteBackThreshold)
                 _scheduler.Kick();
             if (dirty < _cache.ThrottleThreshold)
                 return;
             _pipeline.ThrowIfFailed();
-            await checkpointDone.WaitAsync(cancellationToken).ConfigureAwait(false);
+            await progress.WaitAsync(cancellationToken).ConfigureAwait(false);
         }
     }
 }
