@@ -13,9 +13,19 @@ internal sealed partial class NbdConnection
 
     private static readonly byte[] s_allocationContextName = "base:allocation"u8.ToArray();
 
-    private bool _noZeroes;
-    private bool _structuredReplies;
-    private bool _allocationContextSelected;
+    /// <summary>What the options so far agreed; only the handshake reads or changes it.</summary>
+    private readonly OptionState _haggling = new();
+
+    /// <summary>The state option haggling builds up, until <see cref="Freeze"/> turns it into a <see cref="Negotiated"/>.</summary>
+    private sealed class OptionState
+    {
+        public bool NoZeroes;
+        public bool StructuredReplies;
+        public bool AllocationContextSelected;
+
+        public Negotiated Freeze(NbdExport export) => new(StructuredReplies, AllocationContextSelected, NoZeroes,
+            export.GetTransmissionFlags(StructuredReplies), export.BlockSize);
+    }
 
     private enum OptionOutcome
     {
@@ -24,41 +34,41 @@ internal sealed partial class NbdConnection
         Close,
     }
 
-    /// <summary>Runs the handshake; true when the client entered the transmission phase.</summary>
-    private async Task<bool> NegotiateAsync(CancellationToken cancellationToken)
+    /// <summary>Runs the handshake; what was agreed when the client entered the transmission phase, else null.</summary>
+    private async Task<Negotiated?> NegotiateAsync(CancellationToken cancellationToken)
     {
         byte[] greeting = new byte[ServerGreeting.Size];
         ServerGreeting.Write(greeting, NbdHandshakeFlags.FixedNewstyle | NbdHandshakeFlags.NoZeroes);
-        await SendAllAsync(greeting).ConfigureAwait(false);
+        await _writer.SendHandshakeAsync(greeting).ConfigureAwait(false);
 
         byte[] header = new byte[OptionHeader.Size];
         if (await _input.ReadAtLeastAsync(header.AsMemory(0, sizeof(uint)), sizeof(uint), throwOnEndOfStream: false, cancellationToken)
             .ConfigureAwait(false) < sizeof(uint))
         {
-            return false;
+            return null;
         }
         var clientFlags = (NbdClientFlags)BinaryPrimitives.ReadUInt32BigEndian(header);
         if ((clientFlags & ~(NbdClientFlags.FixedNewstyle | NbdClientFlags.NoZeroes)) != 0)
         {
             // "the server MUST drop the TCP connection if the client sets an unknown flag"
             Log($"{_peer}: unknown client flags 0x{(uint)clientFlags:x8}, closing");
-            return false;
+            return null;
         }
         // A client without NBD_FLAG_C_FIXED_NEWSTYLE speaks plain newstyle, whose only option is
         // NBD_OPT_EXPORT_NAME; this server answers that one the same way, so such clients work too.
-        _noZeroes = (clientFlags & NbdClientFlags.NoZeroes) != 0;
+        _haggling.NoZeroes = (clientFlags & NbdClientFlags.NoZeroes) != 0;
 
         while (true)
         {
             if (await _input.ReadAtLeastAsync(header, OptionHeader.Size, throwOnEndOfStream: false, cancellationToken)
                 .ConfigureAwait(false) < OptionHeader.Size)
             {
-                return false;
+                return null;
             }
             if (!OptionHeader.TryRead(header, out OptionHeader option))
             {
                 Log($"{_peer}: option without the IHAVEOPT magic, closing");
-                return false;
+                return null;
             }
             if (option.Length > NbdLimits.MaxOptionLength)
             {
@@ -66,7 +76,7 @@ internal sealed partial class NbdConnection
                 {
                     // NBD_OPT_EXPORT_NAME cannot be answered with an error: the spec's remedy is to disconnect.
                     Log($"{_peer}: export name of {option.Length} bytes, closing");
-                    return false;
+                    return null;
                 }
                 await SkipAsync(option.Length, cancellationToken).ConfigureAwait(false);
                 await SendOptionReplyAsync(option.Option, NbdOptionReply.ErrTooBig,
@@ -88,7 +98,7 @@ internal sealed partial class NbdConnection
             }
             if (outcome != OptionOutcome.Continue)
             {
-                return outcome == OptionOutcome.Transmit;
+                return outcome == OptionOutcome.Transmit ? _haggling.Freeze(_export) : null;
             }
         }
     }
@@ -125,7 +135,7 @@ internal sealed partial class NbdConnection
                     await SendOptionReplyAsync(option, NbdOptionReply.ErrInvalid, "NBD_OPT_STRUCTURED_REPLY takes no data").ConfigureAwait(false);
                     return OptionOutcome.Continue;
                 }
-                _structuredReplies = true;
+                _haggling.StructuredReplies = true;
                 await SendOptionReplyAsync(option, NbdOptionReply.Ack).ConfigureAwait(false);
                 return OptionOutcome.Continue;
 
@@ -150,8 +160,8 @@ internal sealed partial class NbdConnection
             return OptionOutcome.Close;
         }
         byte[] reply = new byte[ExportNameReply.MaxSize];
-        int length = ExportNameReply.Write(reply, _export.Size, _export.GetTransmissionFlags(_structuredReplies), _noZeroes);
-        await SendAllAsync(reply.AsMemory(0, length)).ConfigureAwait(false);
+        int length = ExportNameReply.Write(reply, _export.Size, _export.GetTransmissionFlags(_haggling.StructuredReplies), _haggling.NoZeroes);
+        await _writer.SendHandshakeAsync(reply.AsMemory(0, length)).ConfigureAwait(false);
         return OptionOutcome.Transmit;
     }
 
@@ -176,10 +186,10 @@ internal sealed partial class NbdConnection
         }
 
         byte[] info = new byte[InfoPayload.StringPrefixSize + NbdLimits.MaxStringLength];
-        InfoPayload.WriteExport(info, _export.Size, _export.GetTransmissionFlags(_structuredReplies));
+        InfoPayload.WriteExport(info, _export.Size, _export.GetTransmissionFlags(_haggling.StructuredReplies));
         await SendOptionReplyAsync(option, NbdOptionReply.Info, info.AsMemory(0, InfoPayload.ExportSize)).ConfigureAwait(false);
 
-        InfoPayload.WriteBlockSize(info, NbdExport.MinimumBlockSize, _export.PreferredBlockSize, NbdLimits.MaxRequestLength);
+        InfoPayload.WriteBlockSize(info, _export.BlockSize.Minimum, _export.BlockSize.Preferred, _export.BlockSize.Maximum);
         await SendOptionReplyAsync(option, NbdOptionReply.Info, info.AsMemory(0, InfoPayload.BlockSizeSize)).ConfigureAwait(false);
 
         if (wantName)
@@ -251,8 +261,8 @@ internal sealed partial class NbdConnection
         if (set)
         {
             // "Issuing this command replaces all previously-set metadata contexts (including when this command fails)"
-            _allocationContextSelected = false;
-            if (!_structuredReplies)
+            _haggling.AllocationContextSelected = false;
+            if (!_haggling.StructuredReplies)
             {
                 await SendOptionReplyAsync(option, NbdOptionReply.ErrInvalid,
                     "NBD_OPT_SET_META_CONTEXT needs NBD_OPT_STRUCTURED_REPLY first").ConfigureAwait(false);
@@ -278,7 +288,7 @@ internal sealed partial class NbdConnection
             BinaryPrimitives.WriteUInt32BigEndian(reply, id);
             s_allocationContextName.CopyTo(reply, sizeof(uint));
             await SendOptionReplyAsync(option, NbdOptionReply.MetaContext, reply).ConfigureAwait(false);
-            _allocationContextSelected = set;
+            _haggling.AllocationContextSelected = set;
         }
         await SendOptionReplyAsync(option, NbdOptionReply.Ack).ConfigureAwait(false);
     }
@@ -371,11 +381,6 @@ internal sealed partial class NbdConnection
         => SendOptionReplyAsync(option, type, ReadOnlyMemory<byte>.Empty);
 
     /// <summary>Sends one option reply. The handshake has a single writer, so no lock is taken.</summary>
-    private async ValueTask SendOptionReplyAsync(NbdOption option, NbdOptionReply type, ReadOnlyMemory<byte> payload)
-    {
-        byte[] reply = new byte[OptionReplyHeader.Size + payload.Length];
-        OptionReplyHeader.Write(reply, option, type, (uint)payload.Length);
-        payload.CopyTo(reply.AsMemory(OptionReplyHeader.Size));
-        await SendAllAsync(reply).ConfigureAwait(false);
-    }
+    private ValueTask SendOptionReplyAsync(NbdOption option, NbdOptionReply type, ReadOnlyMemory<byte> payload)
+        => _writer.SendOptionReplyAsync(option, type, payload);
 }
