@@ -1,5 +1,7 @@
 using System.Buffers;
 using System.Buffers.Binary;
+using System.Net.Security;
+using System.Security.Authentication;
 using System.Text;
 using Cbd.Nbd.Protocol;
 
@@ -22,8 +24,9 @@ internal sealed partial class NbdConnection
         public bool NoZeroes;
         public bool StructuredReplies;
         public bool AllocationContextSelected;
+        public bool Tls;
 
-        public Negotiated Freeze(NbdExport export) => new(StructuredReplies, AllocationContextSelected, NoZeroes,
+        public Negotiated Freeze(NbdExport export) => new(StructuredReplies, AllocationContextSelected, NoZeroes, Tls,
             export.GetTransmissionFlags(StructuredReplies), export.BlockSize);
     }
 
@@ -79,6 +82,11 @@ internal sealed partial class NbdConnection
                     return null;
                 }
                 await SkipAsync(option.Length, cancellationToken).ConfigureAwait(false);
+                if (TlsRequiredFirst(option.Option))
+                {
+                    await SendTlsRequiredAsync(option.Option).ConfigureAwait(false);
+                    continue;
+                }
                 await SendOptionReplyAsync(option.Option, NbdOptionReply.ErrTooBig,
                     $"option data of {option.Length} bytes exceeds this server's limit of {NbdLimits.MaxOptionLength}").ConfigureAwait(false);
                 continue;
@@ -90,7 +98,7 @@ internal sealed partial class NbdConnection
             {
                 Memory<byte> payload = data.AsMemory(0, (int)option.Length);
                 await _input.ReadExactlyAsync(payload, cancellationToken).ConfigureAwait(false);
-                outcome = await HandleOptionAsync(option.Option, payload).ConfigureAwait(false);
+                outcome = await HandleOptionAsync(option.Option, payload, cancellationToken).ConfigureAwait(false);
             }
             finally
             {
@@ -103,8 +111,19 @@ internal sealed partial class NbdConnection
         }
     }
 
-    private async ValueTask<OptionOutcome> HandleOptionAsync(NbdOption option, ReadOnlyMemory<byte> data)
+    private async ValueTask<OptionOutcome> HandleOptionAsync(NbdOption option, ReadOnlyMemory<byte> data, CancellationToken cancellationToken)
     {
+        if (TlsRequiredFirst(option))
+        {
+            if (option == NbdOption.ExportName)
+            {
+                // It cannot be answered with an error: "as this request cannot error, it MUST terminate the session".
+                Log($"{_peer}: NBD_OPT_EXPORT_NAME without TLS while TLS is required, closing");
+                return OptionOutcome.Close;
+            }
+            await SendTlsRequiredAsync(option).ConfigureAwait(false);
+            return OptionOutcome.Continue;
+        }
         switch (option)
         {
             case NbdOption.ExportName:
@@ -144,12 +163,80 @@ internal sealed partial class NbdConnection
                 await HandleMetaContextAsync(option, data).ConfigureAwait(false);
                 return OptionOutcome.Continue;
 
+            case NbdOption.StartTls when _options.TlsMode != NbdTlsMode.Off:
+                return await HandleStartTlsAsync(data, cancellationToken).ConfigureAwait(false);
+
             default:
-                // Includes NBD_OPT_STARTTLS (no TLS at all: NBD_REP_ERR_UNSUP is what the spec prescribes for a
-                // server without the option) and NBD_OPT_EXTENDED_HEADERS.
+                // Includes NBD_OPT_STARTTLS with TLS off (NBD_REP_ERR_UNSUP is what the spec prescribes for a server
+                // without the option) and NBD_OPT_EXTENDED_HEADERS.
                 await SendOptionReplyAsync(option, NbdOptionReply.ErrUnsup, $"option {(uint)option} is not supported").ConfigureAwait(false);
                 return OptionOutcome.Continue;
         }
+    }
+
+    /// <summary>True for an option that must wait for TLS: under <see cref="NbdTlsMode.Require"/>, before NBD_OPT_STARTTLS, all but it and NBD_OPT_ABORT.</summary>
+    private bool TlsRequiredFirst(NbdOption option)
+        => _options.TlsMode == NbdTlsMode.Require && !_haggling.Tls && option is not (NbdOption.StartTls or NbdOption.Abort);
+
+    private ValueTask SendTlsRequiredAsync(NbdOption option)
+        => SendOptionReplyAsync(option, NbdOptionReply.ErrTlsReqd, "this server requires TLS: send NBD_OPT_STARTTLS first");
+
+    /// <summary>
+    /// NBD_OPT_STARTTLS: the ACK goes out in plaintext, then the TLS handshake runs (within the handshake timeout,
+    /// whose token closes the socket), and option haggling goes on over TLS. A handshake that fails, a client that
+    /// hangs up during it or a refused client certificate ends this connection with one log line: after the ACK
+    /// there is no going back to plaintext.
+    /// </summary>
+    private async ValueTask<OptionOutcome> HandleStartTlsAsync(ReadOnlyMemory<byte> data, CancellationToken cancellationToken)
+    {
+        if (_haggling.Tls)
+        {
+            await SendOptionReplyAsync(NbdOption.StartTls, NbdOptionReply.ErrInvalid, "TLS is already on").ConfigureAwait(false);
+            return OptionOutcome.Continue;
+        }
+        if (!data.IsEmpty)
+        {
+            await SendOptionReplyAsync(NbdOption.StartTls, NbdOptionReply.ErrInvalid, "NBD_OPT_STARTTLS takes no data").ConfigureAwait(false);
+            return OptionOutcome.Continue;
+        }
+        await SendOptionReplyAsync(NbdOption.StartTls, NbdOptionReply.Ack).ConfigureAwait(false);
+
+        // The handshake reads the socket unbuffered, so the client's first TLS bytes are all still in the socket.
+        var tls = new SslStream(_input, leaveInnerStreamOpen: true);
+        _tls = tls;
+        string? refusal = null;
+        try
+        {
+            await tls.AuthenticateAsServerAsync(_options.TlsCredentials!.CreateOptions(reason => refusal = reason), cancellationToken)
+                .ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ex is AuthenticationException || IsConnectionEnd(ex))
+        {
+            // A timeout or a shutdown has been logged, or needs no line.
+            if (!cancellationToken.IsCancellationRequested)
+            {
+                Log($"{_peer}: TLS handshake failed, closing: {refusal ?? OneLine(ex)}");
+            }
+            return OptionOutcome.Close;
+        }
+        _input = tls;
+        _writer.SwitchTransport(new StreamReplyTransport(tls));
+        // What was agreed in plaintext could have been injected by anyone on the path: only what is agreed over TLS counts.
+        _haggling.StructuredReplies = false;
+        _haggling.AllocationContextSelected = false;
+        _haggling.Tls = true;
+        return OptionOutcome.Continue;
+    }
+
+    /// <summary>The message of an exception and of the ones inside it, on one line: SslStream's own says little alone.</summary>
+    private static string OneLine(Exception ex)
+    {
+        var parts = new List<string>();
+        for (Exception? e = ex; e is not null; e = e.InnerException)
+        {
+            parts.Add(e.Message.ReplaceLineEndings(" ").TrimEnd('.'));
+        }
+        return string.Join(": ", parts.Distinct());
     }
 
     private async ValueTask<OptionOutcome> HandleExportNameAsync(ReadOnlyMemory<byte> name)

@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Net.Security;
 using System.Net.Sockets;
 using Cbd.Nbd.Protocol;
 
@@ -38,6 +39,9 @@ internal sealed partial class NbdConnection
     /// read ahead of a switch to TLS; the transmission phase reads through a buffer (<see cref="TransmitAsync"/>).
     /// </summary>
     private Stream _input;
+
+    /// <summary>The TLS session after NBD_OPT_STARTTLS, over the socket; disposed when the connection ends.</summary>
+    private SslStream? _tls;
 
     /// <summary>What option haggling agreed; set once, as the transmission phase starts.</summary>
     private Negotiated? _negotiated;
@@ -91,7 +95,28 @@ internal sealed partial class NbdConnection
         catch (OperationCanceledException)
         {
         }
+        await CloseTlsAsync().ConfigureAwait(false);
         Close();
+        _tls?.Dispose();
+    }
+
+    /// <summary>
+    /// Ends the TLS session with a close_notify before the socket closes, as the spec asks on NBD_CMD_DISC; skipped
+    /// when the connection is broken or aborted, since nothing more can be sent then.
+    /// </summary>
+    private async ValueTask CloseTlsAsync()
+    {
+        if (_tls is null || !_tls.IsAuthenticated || _writer.IsBroken || _abort.IsCancellationRequested)
+        {
+            return;
+        }
+        try
+        {
+            await _tls.ShutdownAsync().ConfigureAwait(false);
+        }
+        catch (Exception ex) when (IsConnectionEnd(ex) || ex is InvalidOperationException)
+        {
+        }
     }
 
     /// <summary>

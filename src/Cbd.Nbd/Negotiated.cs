@@ -12,11 +12,13 @@ internal readonly record struct BlockSizeConstraints(uint Minimum, uint Preferre
 /// <param name="StructuredReplies">NBD_OPT_STRUCTURED_REPLY was acknowledged.</param>
 /// <param name="AllocationContextSelected"><c>base:allocation</c> was selected by the last NBD_OPT_SET_META_CONTEXT.</param>
 /// <param name="NoZeroes">The client set NBD_FLAG_C_NO_ZEROES.</param>
+/// <param name="Tls">NBD_OPT_STARTTLS succeeded: the options after it, and the transmission phase, go over TLS.</param>
 /// <param name="TransmissionFlags">The export's flags as sent to the client.</param>
 /// <param name="BlockSize">The block size constraints the client was told, or would have been.</param>
 internal sealed record Negotiated(
     bool StructuredReplies,
     bool AllocationContextSelected,
     bool NoZeroes,
+    bool Tls,
     NbdTransmissionFlags TransmissionFlags,
     BlockSizeConstraints BlockSize);

@@ -32,7 +32,7 @@ public sealed class ReplyWriterTests
         var stream = new RecordingStream();
         var log = new List<string>();
         var writer = new ReplyWriter(new StreamReplyTransport(stream), CancellationToken.None, log.Add, () => { });
-        writer.StartTransmission(new Negotiated(structured, AllocationContextSelected: false, NoZeroes: true, NbdTransmissionFlags.HasFlags,
+        writer.StartTransmission(new Negotiated(structured, AllocationContextSelected: false, NoZeroes: true, Tls: false, NbdTransmissionFlags.HasFlags,
             new BlockSizeConstraints(1, 4096, 32 << 20)));
         return (writer, stream, log);
     }
