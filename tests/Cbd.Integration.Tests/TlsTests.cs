@@ -182,6 +182,7 @@ public sealed partial class TlsTests
     [Theory]
     [InlineData(new[] { "--tls", "require" }, "--tls require needs --tls-certificates DIR.")]
     [InlineData(new[] { "--tls-verify-peer" }, "--tls-certificates and --tls-verify-peer need --tls on or --tls require.")]
+    [InlineData(new[] { "--tls", "bogus" }, "--tls: 'bogus', expected off, on or require.")]
     public async Task TlsOptionsThatDoNotGoTogether_AreAUsageError(string[] options, string message)
     {
         using var scratch = new ScratchDirectory();

@@ -104,12 +104,12 @@ public static class ServeCommand
         };
     }
 
-    private static readonly Option<NbdTlsMode> s_tls = new("--tls")
+    private static readonly Option<NbdTlsMode?> s_tls = new("--tls")
     {
         Description = "TLS on the NBD connection, as nbdkit and qemu-nbd offer it: off (the default); on (clients may upgrade with STARTTLS, " +
             "plaintext clients are still served); require (every option before STARTTLS is refused with NBD_REP_ERR_TLS_REQD). Needs --tls-certificates.",
         HelpName = "off|on|require",
-        DefaultValueFactory = _ => NbdTlsMode.Off,
+        CustomParser = ParseTlsMode,
     };
 
     private static readonly Option<string?> s_tlsCertificates = new("--tls-certificates")
@@ -155,10 +155,10 @@ public static class ServeCommand
             {
                 result.AddError("--socket-mode and --socket-group apply to a Unix socket; --listen alone serves none (add --socket PATH).");
             }
-            bool tls = result.GetValue(s_tls) != NbdTlsMode.Off;
+            bool tls = TlsMode(result.GetValue(s_tls)) != NbdTlsMode.Off;
             if (tls && result.GetResult(s_tlsCertificates) is null)
             {
-                result.AddError($"--tls {result.GetValue(s_tls).ToString().ToLowerInvariant()} needs --tls-certificates DIR.");
+                result.AddError($"--tls {TlsMode(result.GetValue(s_tls)).ToString().ToLowerInvariant()} needs --tls-certificates DIR.");
             }
             if (!tls && (result.GetResult(s_tlsCertificates) is not null || result.GetValue(s_tlsVerifyPeer)))
             {
@@ -230,7 +230,7 @@ public static class ServeCommand
             HandshakeTimeout = TimeSpan.FromSeconds(parse.GetValue(s_handshakeTimeout)),
             UnixSocketMode = parse.GetValue(s_socketMode) ?? (group is null ? SocketAccess.DefaultMode : SocketAccess.GroupMode),
             UnixSocketGroupId = group?.Id,
-            TlsMode = parse.GetValue(s_tls),
+            TlsMode = TlsMode(parse.GetValue(s_tls)),
             TlsCredentials = tls,
         };
         var server = new NbdServer(monitor, name, readOnly, $"cbd image {Path.GetFileName(image)}", options);
@@ -338,7 +338,7 @@ public static class ServeCommand
     /// <summary>The credentials of --tls-certificates, null with --tls off; a file that is wrong is one line naming it.</summary>
     private static NbdTlsCredentials? LoadTlsCredentials(ParseResult parse)
     {
-        if (parse.GetValue(s_tls) == NbdTlsMode.Off)
+        if (TlsMode(parse.GetValue(s_tls)) == NbdTlsMode.Off)
         {
             return null;
         }
@@ -349,6 +349,26 @@ public static class ServeCommand
         catch (IOException ex)
         {
             throw new CliException($"--tls-certificates: {CommandRunner.OneLine(ex.Message)}");
+        }
+    }
+
+    private static NbdTlsMode TlsMode(NbdTlsMode? given) => given ?? NbdTlsMode.Off;
+
+    /// <summary>off, on or require, as nbdkit spells them (any case).</summary>
+    private static NbdTlsMode? ParseTlsMode(ArgumentResult result)
+    {
+        string text = result.Tokens.Count > 0 ? result.Tokens[^1].Value : "";
+        switch (text.ToLowerInvariant())
+        {
+            case "off":
+                return NbdTlsMode.Off;
+            case "on":
+                return NbdTlsMode.On;
+            case "require":
+                return NbdTlsMode.Require;
+            default:
+                result.AddError($"--tls: '{text}', expected off, on or require.");
+                return null;
         }
     }
 
