@@ -183,7 +183,13 @@ public sealed class NbdServer : IAsyncDisposable
             var listener = new Listener(socket, bound, socketPath, Task.Run(() => AcceptLoopAsync(socket)));
             _listeners.Add(listener);
         }
-        _options.Log?.Invoke($"listening on {Describe(bound)}");
+        string tls = _options.TlsMode switch
+        {
+            NbdTlsMode.On => " (TLS offered)",
+            NbdTlsMode.Require => _options.TlsCredentials!.VerifyPeer ? " (TLS required, client certificates verified)" : " (TLS required)",
+            _ => "",
+        };
+        _options.Log?.Invoke($"listening on {Describe(bound)}{tls}");
         return bound;
     }
 

@@ -131,6 +131,7 @@ public sealed partial class TlsTests
         await using TlsServer tls = await StartAsync(scratch, "on", verifyPeer: false);
         Assert.Contains("without TLS", (await ExternalTool.RunAsync("nbdinfo", [tls.Server.Uri])).StandardOutput);
         Assert.Contains("with TLS", (await ExternalTool.RunAsync("nbdinfo", [tls.TcpUri(tls.Certificates.ClientDirectory)])).StandardOutput);
+        Assert.Contains($"listening on 127.0.0.1:{tls.Port} (TLS offered)", tls.Server.StandardError);
         // Listening on TCP without --tls require: the warning is on stderr.
         Assert.Contains("warning: --listen 127.0.0.1:0: the export is open to anyone who can reach the port", tls.Server.StandardError);
         await tls.Server.StopAsync();
@@ -142,6 +143,7 @@ public sealed partial class TlsTests
         using var scratch = new ScratchDirectory();
         await using TlsServer tls = await StartAsync(scratch, "require", verifyPeer: true);
         Assert.DoesNotContain("warning", tls.Server.StandardError);
+        Assert.Contains($"listening on 127.0.0.1:{tls.Port} (TLS required, client certificates verified)", tls.Server.StandardError);
 
         foreach (string directory in new[] { tls.Certificates.AnonymousClientDirectory, tls.Certificates.ForeignClientDirectory })
         {
