@@ -1,5 +1,7 @@
 using System.Buffers;
 using System.Buffers.Binary;
+using System.Net.Security;
+using System.Security.Authentication;
 using System.Text;
 using Cbd.Nbd.Protocol;
 
@@ -13,9 +15,20 @@ internal sealed partial class NbdConnection
 
     private static readonly byte[] s_allocationContextName = "base:allocation"u8.ToArray();
 
-    private bool _noZeroes;
-    private bool _structuredReplies;
-    private bool _allocationContextSelected;
+    /// <summary>What the options so far agreed; only the handshake reads or changes it.</summary>
+    private readonly OptionState _haggling = new();
+
+    /// <summary>The state option haggling builds up, until <see cref="Freeze"/> turns it into a <see cref="Negotiated"/>.</summary>
+    private sealed class OptionState
+    {
+        public bool NoZeroes;
+        public bool StructuredReplies;
+        public bool AllocationContextSelected;
+        public bool Tls;
+
+        public Negotiated Freeze(NbdExport export) => new(StructuredReplies, AllocationContextSelected, NoZeroes, Tls,
+            export.GetTransmissionFlags(StructuredReplies), export.BlockSize);
+    }
 
     private enum OptionOutcome
     {
@@ -24,41 +37,41 @@ internal sealed partial class NbdConnection
         Close,
     }
 
-    /// <summary>Runs the handshake; true when the client entered the transmission phase.</summary>
-    private async Task<bool> NegotiateAsync(CancellationToken cancellationToken)
+    /// <summary>Runs the handshake; what was agreed when the client entered the transmission phase, else null.</summary>
+    private async Task<Negotiated?> NegotiateAsync(CancellationToken cancellationToken)
     {
         byte[] greeting = new byte[ServerGreeting.Size];
         ServerGreeting.Write(greeting, NbdHandshakeFlags.FixedNewstyle | NbdHandshakeFlags.NoZeroes);
-        await SendAllAsync(greeting).ConfigureAwait(false);
+        await _writer.SendHandshakeAsync(greeting).ConfigureAwait(false);
 
         byte[] header = new byte[OptionHeader.Size];
         if (await _input.ReadAtLeastAsync(header.AsMemory(0, sizeof(uint)), sizeof(uint), throwOnEndOfStream: false, cancellationToken)
             .ConfigureAwait(false) < sizeof(uint))
         {
-            return false;
+            return null;
         }
         var clientFlags = (NbdClientFlags)BinaryPrimitives.ReadUInt32BigEndian(header);
         if ((clientFlags & ~(NbdClientFlags.FixedNewstyle | NbdClientFlags.NoZeroes)) != 0)
         {
             // "the server MUST drop the TCP connection if the client sets an unknown flag"
             Log($"{_peer}: unknown client flags 0x{(uint)clientFlags:x8}, closing");
-            return false;
+            return null;
         }
         // A client without NBD_FLAG_C_FIXED_NEWSTYLE speaks plain newstyle, whose only option is
         // NBD_OPT_EXPORT_NAME; this server answers that one the same way, so such clients work too.
-        _noZeroes = (clientFlags & NbdClientFlags.NoZeroes) != 0;
+        _haggling.NoZeroes = (clientFlags & NbdClientFlags.NoZeroes) != 0;
 
         while (true)
         {
             if (await _input.ReadAtLeastAsync(header, OptionHeader.Size, throwOnEndOfStream: false, cancellationToken)
                 .ConfigureAwait(false) < OptionHeader.Size)
             {
-                return false;
+                return null;
             }
             if (!OptionHeader.TryRead(header, out OptionHeader option))
             {
                 Log($"{_peer}: option without the IHAVEOPT magic, closing");
-                return false;
+                return null;
             }
             if (option.Length > NbdLimits.MaxOptionLength)
             {
@@ -66,9 +79,14 @@ internal sealed partial class NbdConnection
                 {
                     // NBD_OPT_EXPORT_NAME cannot be answered with an error: the spec's remedy is to disconnect.
                     Log($"{_peer}: export name of {option.Length} bytes, closing");
-                    return false;
+                    return null;
                 }
                 await SkipAsync(option.Length, cancellationToken).ConfigureAwait(false);
+                if (TlsRequiredFirst(option.Option))
+                {
+                    await SendTlsRequiredAsync(option.Option).ConfigureAwait(false);
+                    continue;
+                }
                 await SendOptionReplyAsync(option.Option, NbdOptionReply.ErrTooBig,
                     $"option data of {option.Length} bytes exceeds this server's limit of {NbdLimits.MaxOptionLength}").ConfigureAwait(false);
                 continue;
@@ -80,7 +98,7 @@ internal sealed partial class NbdConnection
             {
                 Memory<byte> payload = data.AsMemory(0, (int)option.Length);
                 await _input.ReadExactlyAsync(payload, cancellationToken).ConfigureAwait(false);
-                outcome = await HandleOptionAsync(option.Option, payload).ConfigureAwait(false);
+                outcome = await HandleOptionAsync(option.Option, payload, cancellationToken).ConfigureAwait(false);
             }
             finally
             {
@@ -88,13 +106,24 @@ internal sealed partial class NbdConnection
             }
             if (outcome != OptionOutcome.Continue)
             {
-                return outcome == OptionOutcome.Transmit;
+                return outcome == OptionOutcome.Transmit ? _haggling.Freeze(_export) : null;
             }
         }
     }
 
-    private async ValueTask<OptionOutcome> HandleOptionAsync(NbdOption option, ReadOnlyMemory<byte> data)
+    private async ValueTask<OptionOutcome> HandleOptionAsync(NbdOption option, ReadOnlyMemory<byte> data, CancellationToken cancellationToken)
     {
+        if (TlsRequiredFirst(option))
+        {
+            if (option == NbdOption.ExportName)
+            {
+                // It cannot be answered with an error: "as this request cannot error, it MUST terminate the session".
+                Log($"{_peer}: NBD_OPT_EXPORT_NAME without TLS while TLS is required, closing");
+                return OptionOutcome.Close;
+            }
+            await SendTlsRequiredAsync(option).ConfigureAwait(false);
+            return OptionOutcome.Continue;
+        }
         switch (option)
         {
             case NbdOption.ExportName:
@@ -125,7 +154,7 @@ internal sealed partial class NbdConnection
                     await SendOptionReplyAsync(option, NbdOptionReply.ErrInvalid, "NBD_OPT_STRUCTURED_REPLY takes no data").ConfigureAwait(false);
                     return OptionOutcome.Continue;
                 }
-                _structuredReplies = true;
+                _haggling.StructuredReplies = true;
                 await SendOptionReplyAsync(option, NbdOptionReply.Ack).ConfigureAwait(false);
                 return OptionOutcome.Continue;
 
@@ -134,12 +163,80 @@ internal sealed partial class NbdConnection
                 await HandleMetaContextAsync(option, data).ConfigureAwait(false);
                 return OptionOutcome.Continue;
 
+            case NbdOption.StartTls when _options.TlsMode != NbdTlsMode.Off:
+                return await HandleStartTlsAsync(data, cancellationToken).ConfigureAwait(false);
+
             default:
-                // Includes NBD_OPT_STARTTLS (no TLS at all: NBD_REP_ERR_UNSUP is what the spec prescribes for a
-                // server without the option) and NBD_OPT_EXTENDED_HEADERS.
+                // Includes NBD_OPT_STARTTLS with TLS off (NBD_REP_ERR_UNSUP is what the spec prescribes for a server
+                // without the option) and NBD_OPT_EXTENDED_HEADERS.
                 await SendOptionReplyAsync(option, NbdOptionReply.ErrUnsup, $"option {(uint)option} is not supported").ConfigureAwait(false);
                 return OptionOutcome.Continue;
         }
+    }
+
+    /// <summary>True for an option that must wait for TLS: under <see cref="NbdTlsMode.Require"/>, before NBD_OPT_STARTTLS, all but it and NBD_OPT_ABORT.</summary>
+    private bool TlsRequiredFirst(NbdOption option)
+        => _options.TlsMode == NbdTlsMode.Require && !_haggling.Tls && option is not (NbdOption.StartTls or NbdOption.Abort);
+
+    private ValueTask SendTlsRequiredAsync(NbdOption option)
+        => SendOptionReplyAsync(option, NbdOptionReply.ErrTlsReqd, "this server requires TLS: send NBD_OPT_STARTTLS first");
+
+    /// <summary>
+    /// NBD_OPT_STARTTLS: the ACK goes out in plaintext, then the TLS handshake runs (within the handshake timeout,
+    /// whose token closes the socket), and option haggling goes on over TLS. A handshake that fails, a client that
+    /// hangs up during it or a refused client certificate ends this connection with one log line: after the ACK
+    /// there is no going back to plaintext.
+    /// </summary>
+    private async ValueTask<OptionOutcome> HandleStartTlsAsync(ReadOnlyMemory<byte> data, CancellationToken cancellationToken)
+    {
+        if (_haggling.Tls)
+        {
+            await SendOptionReplyAsync(NbdOption.StartTls, NbdOptionReply.ErrInvalid, "TLS is already on").ConfigureAwait(false);
+            return OptionOutcome.Continue;
+        }
+        if (!data.IsEmpty)
+        {
+            await SendOptionReplyAsync(NbdOption.StartTls, NbdOptionReply.ErrInvalid, "NBD_OPT_STARTTLS takes no data").ConfigureAwait(false);
+            return OptionOutcome.Continue;
+        }
+        await SendOptionReplyAsync(NbdOption.StartTls, NbdOptionReply.Ack).ConfigureAwait(false);
+
+        // The handshake reads the socket unbuffered, so the client's first TLS bytes are all still in the socket.
+        var tls = new SslStream(_input, leaveInnerStreamOpen: true);
+        _tls = tls;
+        string? refusal = null;
+        try
+        {
+            await tls.AuthenticateAsServerAsync(_options.TlsCredentials!.CreateOptions(reason => refusal = reason), cancellationToken)
+                .ConfigureAwait(false);
+        }
+        catch (Exception ex) when (ex is AuthenticationException || IsConnectionEnd(ex))
+        {
+            // A timeout or a shutdown has been logged, or needs no line.
+            if (!cancellationToken.IsCancellationRequested)
+            {
+                Log($"{_peer}: TLS handshake failed, closing: {refusal ?? OneLine(ex)}");
+            }
+            return OptionOutcome.Close;
+        }
+        _input = tls;
+        _writer.SwitchTransport(new StreamReplyTransport(tls));
+        // What was agreed in plaintext could have been injected by anyone on the path: only what is agreed over TLS counts.
+        _haggling.StructuredReplies = false;
+        _haggling.AllocationContextSelected = false;
+        _haggling.Tls = true;
+        return OptionOutcome.Continue;
+    }
+
+    /// <summary>The message of an exception and of the ones inside it, on one line: SslStream's own says little alone.</summary>
+    private static string OneLine(Exception ex)
+    {
+        var parts = new List<string>();
+        for (Exception? e = ex; e is not null; e = e.InnerException)
+        {
+            parts.Add(e.Message.ReplaceLineEndings(" ").TrimEnd('.'));
+        }
+        return string.Join(": ", parts.Distinct());
     }
 
     private async ValueTask<OptionOutcome> HandleExportNameAsync(ReadOnlyMemory<byte> name)
@@ -150,8 +247,8 @@ internal sealed partial class NbdConnection
             return OptionOutcome.Close;
         }
         byte[] reply = new byte[ExportNameReply.MaxSize];
-        int length = ExportNameReply.Write(reply, _export.Size, _export.GetTransmissionFlags(_structuredReplies), _noZeroes);
-        await SendAllAsync(reply.AsMemory(0, length)).ConfigureAwait(false);
+        int length = ExportNameReply.Write(reply, _export.Size, _export.GetTransmissionFlags(_haggling.StructuredReplies), _haggling.NoZeroes);
+        await _writer.SendHandshakeAsync(reply.AsMemory(0, length)).ConfigureAwait(false);
         return OptionOutcome.Transmit;
     }
 
@@ -176,10 +273,10 @@ internal sealed partial class NbdConnection
         }
 
         byte[] info = new byte[InfoPayload.StringPrefixSize + NbdLimits.MaxStringLength];
-        InfoPayload.WriteExport(info, _export.Size, _export.GetTransmissionFlags(_structuredReplies));
+        InfoPayload.WriteExport(info, _export.Size, _export.GetTransmissionFlags(_haggling.StructuredReplies));
         await SendOptionReplyAsync(option, NbdOptionReply.Info, info.AsMemory(0, InfoPayload.ExportSize)).ConfigureAwait(false);
 
-        InfoPayload.WriteBlockSize(info, NbdExport.MinimumBlockSize, _export.PreferredBlockSize, NbdLimits.MaxRequestLength);
+        InfoPayload.WriteBlockSize(info, _export.BlockSize.Minimum, _export.BlockSize.Preferred, _export.BlockSize.Maximum);
         await SendOptionReplyAsync(option, NbdOptionReply.Info, info.AsMemory(0, InfoPayload.BlockSizeSize)).ConfigureAwait(false);
 
         if (wantName)
@@ -251,8 +348,8 @@ internal sealed partial class NbdConnection
         if (set)
         {
             // "Issuing this command replaces all previously-set metadata contexts (including when this command fails)"
-            _allocationContextSelected = false;
-            if (!_structuredReplies)
+            _haggling.AllocationContextSelected = false;
+            if (!_haggling.StructuredReplies)
             {
                 await SendOptionReplyAsync(option, NbdOptionReply.ErrInvalid,
                     "NBD_OPT_SET_META_CONTEXT needs NBD_OPT_STRUCTURED_REPLY first").ConfigureAwait(false);
@@ -278,7 +375,7 @@ internal sealed partial class NbdConnection
             BinaryPrimitives.WriteUInt32BigEndian(reply, id);
             s_allocationContextName.CopyTo(reply, sizeof(uint));
             await SendOptionReplyAsync(option, NbdOptionReply.MetaContext, reply).ConfigureAwait(false);
-            _allocationContextSelected = set;
+            _haggling.AllocationContextSelected = set;
         }
         await SendOptionReplyAsync(option, NbdOptionReply.Ack).ConfigureAwait(false);
     }
@@ -371,11 +468,6 @@ internal sealed partial class NbdConnection
         => SendOptionReplyAsync(option, type, ReadOnlyMemory<byte>.Empty);
 
     /// <summary>Sends one option reply. The handshake has a single writer, so no lock is taken.</summary>
-    private async ValueTask SendOptionReplyAsync(NbdOption option, NbdOptionReply type, ReadOnlyMemory<byte> payload)
-    {
-        byte[] reply = new byte[OptionReplyHeader.Size + payload.Length];
-        OptionReplyHeader.Write(reply, option, type, (uint)payload.Length);
-        payload.CopyTo(reply.AsMemory(OptionReplyHeader.Size));
-        await SendAllAsync(reply).ConfigureAwait(false);
-    }
+    private ValueTask SendOptionReplyAsync(NbdOption option, NbdOptionReply type, ReadOnlyMemory<byte> payload)
+        => _writer.SendOptionReplyAsync(option, type, payload);
 }

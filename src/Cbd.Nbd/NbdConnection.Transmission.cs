@@ -12,8 +12,15 @@ internal sealed partial class NbdConnection
     internal readonly record struct ReadRun(int Start, int Length, bool IsZero);
 
     /// <summary>Reads requests until NBD_CMD_DISC, the end of the stream, a malformed request or shutdown.</summary>
-    private async Task TransmitAsync(CancellationToken cancellationToken)
+    private async Task TransmitAsync(Negotiated negotiated, CancellationToken cancellationToken)
     {
+        _negotiated = negotiated;
+        _transmissionState = new TransmissionState(_export.Size, _export.IsReadOnly, negotiated.StructuredReplies,
+            negotiated.AllocationContextSelected, _export.Device.CanProvision);
+        _writer.StartTransmission(negotiated);
+        // Reads go through a buffer so that small requests cost one receive call for many.
+        _input = new BufferedStream(_input, ReceiveBufferSize);
+
         byte[] header = new byte[NbdRequest.Size];
         while (true)
         {
@@ -95,7 +102,7 @@ internal sealed partial class NbdConnection
         if (error != NbdError.None)
         {
             await SkipAsync(request.Length, cancellationToken).ConfigureAwait(false);
-            await SendErrorAsync(request, error, message).ConfigureAwait(false);
+            await _writer.SendErrorAsync(request.Handle, error, message).ConfigureAwait(false);
             return;
         }
 
@@ -143,10 +150,10 @@ internal sealed partial class NbdConnection
         }
         if (failure is not null)
         {
-            await SendErrorAsync(request, MapException(request, failure), failure.Message).ConfigureAwait(false);
+            await _writer.SendErrorAsync(request.Handle, MapException(request, failure), failure.Message).ConfigureAwait(false);
             return;
         }
-        await SendSimpleReplyAsync(request.Handle, NbdError.None).ConfigureAwait(false);
+        await _writer.SendSimpleReplyAsync(request.Handle, NbdError.None).ConfigureAwait(false);
     }
 
     /// <summary>Runs one request and sends its reply; never throws, and releases what the reader acquired.</summary>
@@ -159,7 +166,7 @@ internal sealed partial class NbdConnection
         catch (Exception ex)
         {
             Log($"{_peer}: unexpected failure in {request.Command}: {ex}");
-            MarkBroken();
+            _writer.MarkBroken();
         }
         finally
         {
@@ -176,7 +183,7 @@ internal sealed partial class NbdConnection
         NbdError error = Validate(request, out string? message);
         if (error != NbdError.None)
         {
-            await SendErrorAsync(request, error, message).ConfigureAwait(false);
+            await _writer.SendErrorAsync(request.Handle, error, message).ConfigureAwait(false);
             return;
         }
 
@@ -220,37 +227,31 @@ internal sealed partial class NbdConnection
         catch (Exception ex)
         {
             error = MapException(request, ex);
-            await SendErrorAsync(request, error, ex.Message).ConfigureAwait(false);
+            await _writer.SendErrorAsync(request.Handle, error, ex.Message).ConfigureAwait(false);
             return;
         }
-        await SendSimpleReplyAsync(request.Handle, NbdError.None).ConfigureAwait(false);
+        await _writer.SendSimpleReplyAsync(request.Handle, NbdError.None).ConfigureAwait(false);
     }
 
     private NbdError Validate(in NbdRequest request, out string? message)
-        => RequestValidation.Validate(request, new TransmissionState(_export.Size, _export.IsReadOnly, _structuredReplies, _allocationContextSelected, _export.Device.CanProvision), out message);
+        => RequestValidation.Validate(request, _transmissionState, out message);
 
+    /// <summary>The error value of a failed request (<see cref="ReplyWriter.ErrorFor"/>), with a log line for the failures worth one.</summary>
     private NbdError MapException(in NbdRequest request, Exception ex)
     {
-        switch (ex)
+        NbdError error = ReplyWriter.ErrorFor(ex, _abort.IsCancellationRequested);
+        string? what = error switch
         {
-            case ReadOnlyDeviceException:
-                return NbdError.Perm;
-            case OutOfSpaceException:
-                return NbdError.NoSpace;
-            case ProvisioningNotSupportedException:
-                return NbdError.NotSupported;
-            case OperationCanceledException when _abort.IsCancellationRequested:
-                return NbdError.Shutdown;
-            case IOException:
-                Log($"{_peer}: {request.Command} at {request.Offset} length {request.Length} failed: {ex.Message}");
-                return NbdError.IO;
-            case ArgumentException:
-                Log($"{_peer}: {request.Command} at {request.Offset} length {request.Length} refused by the device: {ex.Message}");
-                return NbdError.Invalid;
-            default:
-                Log($"{_peer}: {request.Command} at {request.Offset} length {request.Length} failed unexpectedly: {ex}");
-                return NbdError.IO;
+            NbdError.IO when ex is IOException => $"failed: {ex.Message}",
+            NbdError.IO => $"failed unexpectedly: {ex}",
+            NbdError.Invalid => $"refused by the device: {ex.Message}",
+            _ => null,
+        };
+        if (what is not null)
+        {
+            Log($"{_peer}: {request.Command} at {request.Offset} length {request.Length} {what}");
         }
+        return error;
     }
 
     /// <summary>
@@ -269,13 +270,13 @@ internal sealed partial class NbdConnection
         IBlockDevice device = _export.Device;
         if (length == 0)
         {
-            if (_structuredReplies)
+            if (_negotiated!.StructuredReplies)
             {
-                await SendChunkAsync(request.Handle, NbdReplyType.None, ReadOnlyMemory<byte>.Empty).ConfigureAwait(false);
+                await _writer.SendDoneChunkAsync(request.Handle, NbdReplyType.None, ReadOnlyMemory<byte>.Empty).ConfigureAwait(false);
             }
             else
             {
-                await SendSimpleReplyAsync(request.Handle, NbdError.None).ConfigureAwait(false);
+                await _writer.SendSimpleReplyAsync(request.Handle, NbdError.None).ConfigureAwait(false);
             }
             return;
         }
@@ -290,13 +291,13 @@ internal sealed partial class NbdConnection
             // One device call per piece. With structured replies, the lblks that read as zeros are then sent as
             // hole chunks: finding them in the data costs less than asking the device first.
             await device.ReadAsync(offset, buffer.Memory[..pieceSize], _abort.Token).ConfigureAwait(false);
-            if (!_structuredReplies || (request.Flags & NbdCommandFlags.DontFragment) != 0)
+            if (!_negotiated!.StructuredReplies || (request.Flags & NbdCommandFlags.DontFragment) != 0)
             {
                 await StreamReadAsync(request, buffer.Memory[..pieceSize]).ConfigureAwait(false);
                 return;
             }
             runs = ArrayPool<ReadRun>.Shared.Rent(pieceSize / device.BlockSize + 2);
-            for (int done = 0; done < length && !_broken;)
+            for (int done = 0; done < length && !_writer.IsBroken;)
             {
                 Memory<byte> data = buffer.Memory[..Math.Min(length - done, pieceSize)];
                 if (done > 0)
@@ -305,7 +306,7 @@ internal sealed partial class NbdConnection
                 }
                 int runCount = BuildReadRuns(data.Span, offset + done, device.BlockSize, runs);
                 bool last = done + data.Length == length;
-                await SendReadChunksAsync(request.Handle, request.Offset + (ulong)done, data, runs, runCount, last).ConfigureAwait(false);
+                await _writer.SendReadChunksAsync(request.Handle, request.Offset + (ulong)done, data, runs, runCount, last).ConfigureAwait(false);
                 done += data.Length;
             }
         }
@@ -328,62 +329,25 @@ internal sealed partial class NbdConnection
     /// only honest answer (the spec: "either length bytes of data must be sent or a hard disconnect must be
     /// initiated"), and the client then fails the read.
     /// </summary>
-    private async ValueTask StreamReadAsync(NbdRequest request, Memory<byte> piece)
-    {
-        if (!await TryTakeSendLockAsync().ConfigureAwait(false))
-        {
-            return;
-        }
-        int length = (int)request.Length;
-        long offset = (long)request.Offset;
-        try
-        {
-            if (_broken)
+    private ValueTask StreamReadAsync(NbdRequest request, Memory<byte> piece)
+        => _writer.SendStreamedReadAsync(request.Handle, request.Offset, (int)request.Length, piece, (this, request),
+            static async (s, done, data) =>
             {
-                return;
-            }
-            int headerLength;
-            if (_structuredReplies)
-            {
-                StructuredReplyHeader.Write(_sendScratch, NbdReplyFlags.Done, NbdReplyType.OffsetData, request.Handle,
-                    (uint)(ChunkPayload.OffsetDataPrefixSize + length));
-                ChunkPayload.WriteOffsetDataPrefix(_sendScratch.AsSpan(StructuredReplyHeader.Size), request.Offset);
-                headerLength = StructuredReplyHeader.Size + ChunkPayload.OffsetDataPrefixSize;
-            }
-            else
-            {
-                SimpleReplyHeader.Write(_sendScratch, NbdError.None, request.Handle);
-                headerLength = SimpleReplyHeader.Size;
-            }
-            await SendLockedAsync(new(_sendScratch, 0, headerLength), piece).ConfigureAwait(false);
-            for (int done = piece.Length; done < length;)
-            {
-                Memory<byte> data = piece[..Math.Min(length - done, piece.Length)];
+                var (c, request) = s;
+                long offset = (long)request.Offset;
                 try
                 {
-                    await _export.Device.ReadAsync(offset + done, data, _abort.Token).ConfigureAwait(false);
+                    await c._export.Device.ReadAsync(offset + done, data, c._abort.Token).ConfigureAwait(false);
+                    return true;
                 }
                 catch (Exception ex)
                 {
-                    Log($"{_peer}: READ at {offset} length {length} failed at {offset + done}, after its reply header was sent; closing the connection: {ex.Message}");
-                    MarkBroken();
-                    Close();
-                    return;
+                    c.Log($"{c._peer}: READ at {offset} length {request.Length} failed at {offset + done}, after its reply header was sent; closing the connection: {ex.Message}");
+                    c._writer.MarkBroken();
+                    c.Close();
+                    return false;
                 }
-                await SendAllAsync(data).ConfigureAwait(false);
-                done += data.Length;
-            }
-        }
-        catch (Exception ex) when (IsConnectionEnd(ex))
-        {
-            Log($"{_peer}: sending a reply failed, closing the connection: {ex.Message}");
-            MarkBroken();
-        }
-        finally
-        {
-            _sendLock.Release();
-        }
-    }
+            });
 
     /// <summary>
     /// Splits <paramref name="data"/> (read at device offset <paramref name="offset"/>) into alternating data and
@@ -411,49 +375,6 @@ internal sealed partial class NbdConnection
         return count;
     }
 
-    /// <summary>Sends the chunks of one piece of a READ; the last one carries NBD_REPLY_FLAG_DONE when <paramref name="last"/>.</summary>
-    private ValueTask SendReadChunksAsync(ulong handle, ulong offset, ReadOnlyMemory<byte> data, ReadRun[] runs, int runCount, bool last)
-        => SendGuardedAsync((handle, offset, data, runs, runCount, last), static async (c, s) =>
-        {
-            // Small chunk headers (and whole hole chunks) gather in the scratch buffer and go out with the next
-            // data run, so a reply costs about one send per data run.
-            byte[] scratch = c._sendScratch;
-            int pending = 0;
-            for (int i = 0; i < s.runCount; i++)
-            {
-                ReadRun run = s.runs[i];
-                NbdReplyFlags flags = s.last && i == s.runCount - 1 ? NbdReplyFlags.Done : NbdReplyFlags.None;
-                ulong runOffset = s.offset + (ulong)run.Start;
-                int needed = StructuredReplyHeader.Size + (run.IsZero ? ChunkPayload.OffsetHoleSize : ChunkPayload.OffsetDataPrefixSize);
-                if (pending + needed > scratch.Length)
-                {
-                    await c.SendLockedAsync(new(scratch, 0, pending)).ConfigureAwait(false);
-                    pending = 0;
-                }
-                if (run.IsZero)
-                {
-                    StructuredReplyHeader.Write(scratch.AsSpan(pending), flags, NbdReplyType.OffsetHole, s.handle, ChunkPayload.OffsetHoleSize);
-                    pending += StructuredReplyHeader.Size;
-                    ChunkPayload.WriteOffsetHole(scratch.AsSpan(pending), runOffset, (uint)run.Length);
-                    pending += ChunkPayload.OffsetHoleSize;
-                }
-                else
-                {
-                    StructuredReplyHeader.Write(scratch.AsSpan(pending), flags, NbdReplyType.OffsetData, s.handle,
-                        (uint)(ChunkPayload.OffsetDataPrefixSize + run.Length));
-                    pending += StructuredReplyHeader.Size;
-                    ChunkPayload.WriteOffsetDataPrefix(scratch.AsSpan(pending), runOffset);
-                    pending += ChunkPayload.OffsetDataPrefixSize;
-                    await c.SendLockedAsync(new(scratch, 0, pending), s.data.Slice(run.Start, run.Length)).ConfigureAwait(false);
-                    pending = 0;
-                }
-            }
-            if (pending > 0)
-            {
-                await c.SendLockedAsync(new(scratch, 0, pending)).ConfigureAwait(false);
-            }
-        });
-
     /// <summary>
     /// NBD_CMD_BLOCK_STATUS for <c>base:allocation</c>: one NBD_REPLY_TYPE_BLOCK_STATUS chunk whose
     /// descriptors cover the range from its start (only the first one with NBD_CMD_FLAG_REQ_ONE).
@@ -466,10 +387,10 @@ internal sealed partial class NbdConnection
             ? 1
             : Math.Min(NbdLimits.MaxBlockStatusDescriptors, Math.Max(1, extents.Count));
         int payloadLength = ChunkPayload.BlockStatusPrefixSize + maxDescriptors * ChunkPayload.BlockStatusDescriptorSize;
-        byte[] reply = ArrayPool<byte>.Shared.Rent(StructuredReplyHeader.Size + payloadLength);
+        byte[] reply = ArrayPool<byte>.Shared.Rent(payloadLength);
         try
         {
-            Span<byte> descriptors = reply.AsSpan(StructuredReplyHeader.Size + ChunkPayload.BlockStatusPrefixSize);
+            Span<byte> descriptors = reply.AsSpan(ChunkPayload.BlockStatusPrefixSize);
             int count = 0;
             long covered = 0;
             NbdAllocationState previous = default;
@@ -503,10 +424,8 @@ internal sealed partial class NbdConnection
                 count = 1;
             }
             int length32 = ChunkPayload.BlockStatusPrefixSize + count * ChunkPayload.BlockStatusDescriptorSize;
-            StructuredReplyHeader.Write(reply, NbdReplyFlags.Done, NbdReplyType.BlockStatus, request.Handle, (uint)length32);
-            ChunkPayload.WriteBlockStatusPrefix(reply.AsSpan(StructuredReplyHeader.Size), AllocationContextId);
-            await SendGuardedAsync(new ArraySegment<byte>(reply, 0, StructuredReplyHeader.Size + length32),
-                static (c, segment) => c.SendLockedAsync(segment)).ConfigureAwait(false);
+            ChunkPayload.WriteBlockStatusPrefix(reply, AllocationContextId);
+            await _writer.SendDoneChunkAsync(request.Handle, NbdReplyType.BlockStatus, reply.AsMemory(0, length32)).ConfigureAwait(false);
         }
         finally
         {
@@ -516,42 +435,4 @@ internal sealed partial class NbdConnection
 
     private static uint ReadDescriptorLength(ReadOnlySpan<byte> descriptors, int index)
         => System.Buffers.Binary.BinaryPrimitives.ReadUInt32BigEndian(descriptors[(index * ChunkPayload.BlockStatusDescriptorSize)..]);
-
-    private ValueTask SendSimpleReplyAsync(ulong handle, NbdError error)
-        => SendGuardedAsync((handle, error), static (c, s) =>
-        {
-            SimpleReplyHeader.Write(c._sendScratch, s.error, s.handle);
-            return c.SendLockedAsync(new(c._sendScratch, 0, SimpleReplyHeader.Size));
-        });
-
-    /// <summary>Sends one structured chunk flagged as the last of its reply.</summary>
-    private ValueTask SendChunkAsync(ulong handle, NbdReplyType type, ReadOnlyMemory<byte> payload)
-        => SendGuardedAsync((handle, type, payload), static (c, s) =>
-        {
-            StructuredReplyHeader.Write(c._sendScratch, NbdReplyFlags.Done, s.type, s.handle, (uint)s.payload.Length);
-            s.payload.Span.CopyTo(c._sendScratch.AsSpan(StructuredReplyHeader.Size));
-            return c.SendLockedAsync(new(c._sendScratch, 0, StructuredReplyHeader.Size + s.payload.Length));
-        });
-
-    /// <summary>
-    /// Replies with an error: a structured NBD_REPLY_TYPE_ERROR chunk carrying <paramref name="message"/> when
-    /// structured replies are on (the spec's preference, and the only form allowed for READ), else a simple reply.
-    /// </summary>
-    private ValueTask SendErrorAsync(in NbdRequest request, NbdError error, string? message)
-    {
-        if (!_structuredReplies)
-        {
-            return SendSimpleReplyAsync(request.Handle, error);
-        }
-        // The message shares the scratch buffer with the chunk header and the error fields.
-        const int MaxMessage = 4096 - StructuredReplyHeader.Size - ChunkPayload.ErrorPrefixSize;
-        byte[] text = Encoding.UTF8.GetBytes((message ?? error.ToString()).Replace('\0', ' '));
-        int messageLength = Math.Min(text.Length, MaxMessage);
-        return SendGuardedAsync((request.Handle, error, text, messageLength), static (c, s) =>
-        {
-            int payloadLength = ChunkPayload.WriteError(c._sendScratch.AsSpan(StructuredReplyHeader.Size), s.error, s.text.AsSpan(0, s.messageLength));
-            StructuredReplyHeader.Write(c._sendScratch, NbdReplyFlags.Done, NbdReplyType.Error, s.Handle, (uint)payloadLength);
-            return c.SendLockedAsync(new(c._sendScratch, 0, StructuredReplyHeader.Size + payloadLength));
-        });
-    }
 }

@@ -1,6 +1,6 @@
 using System.Buffers;
+using System.Net.Security;
 using System.Net.Sockets;
-using System.Runtime.InteropServices;
 using Cbd.Nbd.Protocol;
 
 namespace Cbd.Nbd;
@@ -8,7 +8,7 @@ namespace Cbd.Nbd;
 /// <summary>
 /// One client connection: the handshake, then a reader loop that parses requests and runs each on its own
 /// task (a write starts on the reader's thread, until it first waits). Replies go out as requests complete, in
-/// any order, each written whole under <see cref="_sendLock"/>.
+/// any order, each written whole by the <see cref="ReplyWriter"/>.
 /// </summary>
 /// <remarks>
 /// Invariants: <see cref="RunAsync"/> never throws; every request admitted by <see cref="_limiter"/> is
@@ -23,8 +23,7 @@ internal sealed partial class NbdConnection
     private readonly NbdExport _export;
     private readonly NbdServerOptions _options;
     private readonly string _peer;
-    private readonly Stream _input;
-    private readonly SemaphoreSlim _sendLock = new(1, 1);
+    private readonly ReplyWriter _writer;
     private readonly InFlightLimiter _limiter;
     private readonly PayloadPool _pool;
     private readonly int _receivePiece;
@@ -35,11 +34,20 @@ internal sealed partial class NbdConnection
     /// <summary>Cancelled only when a shutdown's grace period ran out: aborts device calls still running.</summary>
     private readonly CancellationTokenSource _abort = new();
 
-    // Used only while holding _sendLock: room for the headers of several reply chunks.
-    private readonly byte[] _sendScratch = new byte[4096];
-    private readonly List<ArraySegment<byte>> _sendSegments = new(2);
+    /// <summary>
+    /// What requests are read from. The handshake reads the socket unbuffered, so that nothing past an option is
+    /// read ahead of a switch to TLS; the transmission phase reads through a buffer (<see cref="TransmitAsync"/>).
+    /// </summary>
+    private Stream _input;
 
-    private volatile bool _broken;
+    /// <summary>The TLS session after NBD_OPT_STARTTLS, over the socket; disposed when the connection ends.</summary>
+    private SslStream? _tls;
+
+    /// <summary>What option haggling agreed; set once, as the transmission phase starts.</summary>
+    private Negotiated? _negotiated;
+
+    /// <summary>What requests are checked against, from <see cref="_negotiated"/> and the export.</summary>
+    private TransmissionState _transmissionState;
 
     public NbdConnection(Socket socket, NbdExport export, NbdServerOptions options, PayloadPool pool, int receivePiece)
     {
@@ -47,9 +55,9 @@ internal sealed partial class NbdConnection
         _export = export;
         _options = options;
         _peer = socket.RemoteEndPoint?.ToString() is { Length: > 0 } remote ? remote : "unix client";
-        // Reads go through a buffer so that small requests cost one receive call for many; replies are
-        // sent straight on the socket. A socket may be read by one thread and written by another at once.
-        _input = new BufferedStream(new NetworkStream(socket, ownsSocket: false), ReceiveBufferSize);
+        _input = new NetworkStream(socket, ownsSocket: false);
+        // Replies are sent straight on the socket. A socket may be read by one thread and written by another at once.
+        _writer = new ReplyWriter(new SocketReplyTransport(socket), _abort.Token, line => Log($"{_peer}: {line}"), () => CancelQuietly(_stopReading));
         _pool = pool;
         _receivePiece = receivePiece;
         _limiter = new InFlightLimiter(options.MaxInFlightRequests, options.MaxInFlightBytes);
@@ -61,9 +69,9 @@ internal sealed partial class NbdConnection
         CancellationToken stop = _stopReading.Token;
         try
         {
-            if (await NegotiateWithinTimeoutAsync(stop).ConfigureAwait(false))
+            if (await NegotiateWithinTimeoutAsync(stop).ConfigureAwait(false) is { } negotiated)
             {
-                await TransmitAsync(stop).ConfigureAwait(false);
+                await TransmitAsync(negotiated, stop).ConfigureAwait(false);
             }
         }
         catch (Exception ex) when (IsConnectionEnd(ex))
@@ -87,19 +95,41 @@ internal sealed partial class NbdConnection
         catch (OperationCanceledException)
         {
         }
+        await CloseTlsAsync().ConfigureAwait(false);
         Close();
+        _tls?.Dispose();
+    }
+
+    /// <summary>
+    /// Ends the TLS session with a close_notify before the socket closes, as the spec asks on NBD_CMD_DISC; skipped
+    /// when the connection is broken or aborted, since nothing more can be sent then.
+    /// </summary>
+    private async ValueTask CloseTlsAsync()
+    {
+        if (_tls is null || !_tls.IsAuthenticated || _writer.IsBroken || _abort.IsCancellationRequested)
+        {
+            return;
+        }
+        try
+        {
+            await _tls.ShutdownAsync().ConfigureAwait(false);
+        }
+        catch (Exception ex) when (IsConnectionEnd(ex) || ex is InvalidOperationException)
+        {
+        }
     }
 
     /// <summary>
     /// Runs the handshake within <see cref="NbdServerOptions.HandshakeTimeout"/>. When it runs out the socket is
     /// closed, which also ends a send blocked on a client that does not read its option replies.
     /// </summary>
-    private async Task<bool> NegotiateWithinTimeoutAsync(CancellationToken stop)
+    /// <returns>What was agreed, or null when the connection ends without entering transmission.</returns>
+    private async Task<Negotiated?> NegotiateWithinTimeoutAsync(CancellationToken stop)
     {
         using var handshake = CancellationTokenSource.CreateLinkedTokenSource(stop);
         handshake.CancelAfter(_options.HandshakeTimeout);
         bool timedOut() => handshake.IsCancellationRequested && !stop.IsCancellationRequested;
-        bool transmit;
+        Negotiated? negotiated;
         // Logged before the socket closes, so that the line is there by the time the client sees the close.
         using (handshake.Token.Register(() =>
         {
@@ -112,14 +142,14 @@ internal sealed partial class NbdConnection
         {
             try
             {
-                transmit = await NegotiateAsync(handshake.Token).ConfigureAwait(false);
+                negotiated = await NegotiateAsync(handshake.Token).ConfigureAwait(false);
             }
             catch (Exception ex) when (IsConnectionEnd(ex) && timedOut())
             {
-                transmit = false;
+                negotiated = null;
             }
         }
-        return transmit && !timedOut();
+        return timedOut() ? null : negotiated;
     }
 
     /// <summary>Stops reading new requests; the ones in flight finish and <see cref="RunAsync"/> then returns.</summary>
@@ -148,12 +178,6 @@ internal sealed partial class NbdConnection
         _socket.Dispose();
     }
 
-    private void MarkBroken()
-    {
-        _broken = true;
-        CancelQuietly(_stopReading);
-    }
-
     private static void CancelQuietly(CancellationTokenSource source)
     {
         try
@@ -165,7 +189,7 @@ internal sealed partial class NbdConnection
         }
     }
 
-    private static bool IsConnectionEnd(Exception ex)
+    internal static bool IsConnectionEnd(Exception ex)
         => ex is IOException or SocketException or ObjectDisposedException or OperationCanceledException;
 
     private void Log(string message) => _options.Log?.Invoke(message);
@@ -186,92 +210,6 @@ internal sealed partial class NbdConnection
         finally
         {
             ArrayPool<byte>.Shared.Return(scratch);
-        }
-    }
-
-    /// <summary>
-    /// Sends <paramref name="first"/> then <paramref name="second"/>, in one gather write when the second is an
-    /// array (a small payload); the caller holds <see cref="_sendLock"/>.
-    /// </summary>
-    private async ValueTask SendLockedAsync(ArraySegment<byte> first, ReadOnlyMemory<byte> second = default)
-    {
-        if (second.IsEmpty)
-        {
-            await SendAllAsync(first).ConfigureAwait(false);
-            return;
-        }
-        if (!MemoryMarshal.TryGetArray(second, out ArraySegment<byte> secondArray))
-        {
-            // A mapped piece of at least 128 KiB: one more send call is nothing beside it.
-            await SendAllAsync(first).ConfigureAwait(false);
-            await SendAllAsync(second).ConfigureAwait(false);
-            return;
-        }
-        _sendSegments.Clear();
-        _sendSegments.Add(first);
-        _sendSegments.Add(secondArray);
-        int sent = await _socket.SendAsync(_sendSegments, SocketFlags.None).ConfigureAwait(false);
-        if (sent < first.Count)
-        {
-            await SendAllAsync(first[sent..]).ConfigureAwait(false);
-            sent = first.Count;
-        }
-        await SendAllAsync(secondArray[(sent - first.Count)..]).ConfigureAwait(false);
-    }
-
-    private async ValueTask SendAllAsync(ReadOnlyMemory<byte> data)
-    {
-        while (!data.IsEmpty)
-        {
-            int sent = await _socket.SendAsync(data, SocketFlags.None, _abort.Token).ConfigureAwait(false);
-            data = data[sent..];
-        }
-    }
-
-    /// <summary>Takes the send lock; false, without it, when the connection is broken or being aborted.</summary>
-    private async ValueTask<bool> TryTakeSendLockAsync()
-    {
-        if (_broken)
-        {
-            return false;
-        }
-        try
-        {
-            await _sendLock.WaitAsync(_abort.Token).ConfigureAwait(false);
-            return true;
-        }
-        catch (OperationCanceledException)
-        {
-            MarkBroken();
-            return false;
-        }
-    }
-
-    /// <summary>
-    /// Takes the send lock and runs <paramref name="send"/>. Never throws: a failed send means the client is
-    /// gone or stuck, so the connection is marked broken and stops reading.
-    /// </summary>
-    private async ValueTask SendGuardedAsync<TState>(TState state, Func<NbdConnection, TState, ValueTask> send)
-    {
-        if (!await TryTakeSendLockAsync().ConfigureAwait(false))
-        {
-            return;
-        }
-        try
-        {
-            if (!_broken)
-            {
-                await send(this, state).ConfigureAwait(false);
-            }
-        }
-        catch (Exception ex) when (IsConnectionEnd(ex))
-        {
-            Log($"{_peer}: sending a reply failed, closing the connection: {ex.Message}");
-            MarkBroken();
-        }
-        finally
-        {
-            _sendLock.Release();
         }
     }
 }

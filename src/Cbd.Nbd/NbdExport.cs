@@ -11,6 +11,9 @@ internal sealed class NbdExport
     /// <summary>Advertised minimum block size: the device accepts any byte offset and length.</summary>
     public const uint MinimumBlockSize = 1;
 
+    /// <summary>Preferred block size announced for a device whose lblk size is not one the spec allows there.</summary>
+    private const uint FallbackPreferredBlockSize = 4096;
+
     public NbdExport(IBlockDevice device, string name, bool readOnly, string? description)
     {
         ArgumentNullException.ThrowIfNull(device);
@@ -26,9 +29,10 @@ internal sealed class NbdExport
         // The spec wants a power of two no smaller than 512 and no larger than the maximum block size;
         // a device whose lblk size falls outside that still works, it just cannot say what it prefers.
         int blockSize = device.BlockSize;
-        PreferredBlockSize = blockSize is >= 512 and <= NbdLimits.MaxRequestLength && BitOperations.IsPow2(blockSize)
+        uint preferred = blockSize is >= 512 and <= NbdLimits.MaxRequestLength && BitOperations.IsPow2(blockSize)
             ? (uint)blockSize
-            : 4096;
+            : FallbackPreferredBlockSize;
+        BlockSize = new BlockSizeConstraints(MinimumBlockSize, preferred, NbdLimits.MaxRequestLength);
     }
 
     public IBlockDevice Device { get; }
@@ -38,7 +42,8 @@ internal sealed class NbdExport
     public byte[] DescriptionUtf8 { get; }
     public bool IsReadOnly { get; }
     public ulong Size { get; }
-    public uint PreferredBlockSize { get; }
+    /// <summary>Announced with NBD_INFO_BLOCK_SIZE: the maximum is also the largest READ or WRITE accepted.</summary>
+    public BlockSizeConstraints BlockSize { get; }
 
     /// <summary>True for this export's name and for the empty name, which the spec reserves for the default export.</summary>
     public bool Matches(ReadOnlySpan<byte> requestedName) => requestedName.IsEmpty || requestedName.SequenceEqual(NameUtf8);

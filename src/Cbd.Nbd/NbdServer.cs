@@ -33,7 +33,7 @@ public sealed class NbdServer : IAsyncDisposable
     /// <param name="description">Shown to clients that ask (NBD_INFO_DESCRIPTION, NBD_OPT_LIST).</param>
     /// <param name="options">Limits; null for the defaults.</param>
     /// <exception cref="ArgumentException">A name or description that is not a valid NBD string (NUL, over 4096 bytes);
-    /// a limit in <paramref name="options"/> that is not positive, or a server budget under 64 KiB.</exception>
+    /// a limit in <paramref name="options"/> that is not positive, or a server budget under 64 KiB; TLS without credentials.</exception>
     public NbdServer(IBlockDevice device, string exportName = "", bool readOnly = false, string? description = null, NbdServerOptions? options = null)
     {
         _export = new NbdExport(device, exportName, readOnly, description);
@@ -49,6 +49,10 @@ public sealed class NbdServer : IAsyncDisposable
         if (_options.HandshakeTimeout <= TimeSpan.Zero && _options.HandshakeTimeout != Timeout.InfiniteTimeSpan)
         {
             ThrowHelper.ThrowArgument(nameof(options), "The handshake timeout must be positive.");
+        }
+        if (_options.TlsMode != NbdTlsMode.Off && _options.TlsCredentials is null)
+        {
+            ThrowHelper.ThrowArgument(nameof(options), $"TLS mode {_options.TlsMode} needs credentials.");
         }
         // A WRITE is received in pieces of which one per connection fits in the budget, so connections stalled
         // halfway through their data, each holding its piece, still leave one to every other connection. A READ
@@ -179,7 +183,13 @@ public sealed class NbdServer : IAsyncDisposable
             var listener = new Listener(socket, bound, socketPath, Task.Run(() => AcceptLoopAsync(socket)));
             _listeners.Add(listener);
         }
-        _options.Log?.Invoke($"listening on {Describe(bound)}");
+        string tls = _options.TlsMode switch
+        {
+            NbdTlsMode.On => " (TLS offered)",
+            NbdTlsMode.Require => _options.TlsCredentials!.VerifyPeer ? " (TLS required, client certificates verified)" : " (TLS required)",
+            _ => "",
+        };
+        _options.Log?.Invoke($"listening on {Describe(bound)}{tls}");
         return bound;
     }
 

@@ -58,6 +58,12 @@ public sealed record NbdServerOptions
     /// <summary>Group id given to the Unix socket files the server creates; null keeps the process's group.</summary>
     public int? UnixSocketGroupId { get; init; }
 
+    /// <summary>Whether and how TLS is offered (NBD_OPT_STARTTLS); anything but <see cref="NbdTlsMode.Off"/> needs <see cref="TlsCredentials"/>.</summary>
+    public NbdTlsMode TlsMode { get; init; } = NbdTlsMode.Off;
+
+    /// <summary>The server's certificate and, for peer verification, the client CA.</summary>
+    public NbdTlsCredentials? TlsCredentials { get; init; }
+
     /// <summary>Receives one line per connection event and per unexpected failure; null to stay silent.</summary>
     public Action<string>? Log { get; init; }
 }

@@ -1,5 +1,7 @@
 using System.Buffers.Binary;
+using System.Net.Security;
 using System.Net.Sockets;
+using System.Security.Cryptography.X509Certificates;
 using System.Text;
 
 namespace Cbd.Nbd.Tests;
@@ -23,7 +25,7 @@ public sealed class RawNbdClient : IAsyncDisposable
 
     public const uint RepAck = 1, RepServer = 2, RepInfo = 3, RepMetaContext = 4;
     public const uint RepErrUnsup = 0x80000001, RepErrPolicy = 0x80000002, RepErrInvalid = 0x80000003,
-        RepErrUnknown = 0x80000006, RepErrTooBig = 0x80000009;
+        RepErrTlsReqd = 0x80000005, RepErrUnknown = 0x80000006, RepErrTooBig = 0x80000009;
 
     public const ushort CmdRead = 0, CmdWrite = 1, CmdDisc = 2, CmdFlush = 3, CmdTrim = 4, CmdCache = 5,
         CmdWriteZeroes = 6, CmdBlockStatus = 7;
@@ -37,7 +39,7 @@ public sealed class RawNbdClient : IAsyncDisposable
     private static readonly TimeSpan s_timeout = TimeSpan.FromSeconds(20);
 
     private readonly Socket _socket;
-    private readonly NetworkStream _stream;
+    private Stream _stream;
 
     private RawNbdClient(Socket socket)
     {
@@ -102,8 +104,9 @@ public sealed class RawNbdClient : IAsyncDisposable
         {
             return await _stream.ReadAsync(buffer, cts.Token) == 0;
         }
-        catch (IOException)
+        catch (Exception ex) when (ex is IOException or System.Security.Authentication.AuthenticationException)
         {
+            // A TLS alert (the server refused a client certificate) ends the connection as surely as a close.
             return true;
         }
     }
@@ -203,6 +206,35 @@ public sealed class RawNbdClient : IAsyncDisposable
     {
         await ReadGreetingAsync();
         await SendClientFlagsAsync(3);
+        return await NegotiateAsync(structured, allocationContext, name);
+    }
+
+    /// <summary>
+    /// NBD_OPT_STARTTLS, answered NBD_REP_ACK, then a TLS handshake trusting <paramref name="ca"/> alone for a server
+    /// named localhost, presenting <paramref name="clientCertificate"/> if any. From then on everything goes over TLS.
+    /// Under TLS 1.3 a server that refuses the client certificate says so only after this returns.
+    /// </summary>
+    public async Task StartTlsAsync(X509Certificate2 ca, X509Certificate2? clientCertificate = null)
+    {
+        await SendOptionAsync(OptStartTls, []);
+        OptionReply reply = await ReadOptionReplyAsync();
+        Assert.Equal((OptStartTls, RepAck), (reply.Option, reply.Type));
+        var policy = new X509ChainPolicy { TrustMode = X509ChainTrustMode.CustomRootTrust, RevocationMode = X509RevocationMode.NoCheck };
+        policy.CustomTrustStore.Add(ca);
+        var tls = new SslStream(_stream, leaveInnerStreamOpen: false);
+        using var cts = new CancellationTokenSource(s_timeout);
+        await tls.AuthenticateAsClientAsync(new SslClientAuthenticationOptions
+        {
+            TargetHost = "localhost",
+            CertificateChainPolicy = policy,
+            ClientCertificates = clientCertificate is null ? null : [clientCertificate],
+        }, cts.Token);
+        _stream = tls;
+    }
+
+    /// <summary>The options of <see cref="HandshakeAsync"/> after the greeting and flags: structured replies, base:allocation, NBD_OPT_GO.</summary>
+    public async Task<(ulong Size, ushort Flags)> NegotiateAsync(bool structured = true, bool allocationContext = true, string name = "")
+    {
         if (structured)
         {
             await SendOptionAsync(OptStructuredReply, []);

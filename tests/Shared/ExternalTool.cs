@@ -24,6 +24,7 @@ public static class ExternalTool
         ["systemd-socket-activate"] = "systemd",
         ["systemd-analyze"] = "systemd",
         ["man"] = "man-db",
+        ["openssl"] = "openssl",
     };
 
     public sealed record Result(string CommandLine, int ExitCode, string StandardOutput, string StandardError)

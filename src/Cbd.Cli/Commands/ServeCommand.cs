@@ -104,6 +104,27 @@ public static class ServeCommand
         };
     }
 
+    private static readonly Option<NbdTlsMode?> s_tls = new("--tls")
+    {
+        Description = "TLS on the NBD connection, as nbdkit and qemu-nbd offer it: off (the default); on (clients may upgrade with STARTTLS, " +
+            "plaintext clients are still served); require (every option before STARTTLS is refused with NBD_REP_ERR_TLS_REQD). Needs --tls-certificates.",
+        HelpName = "off|on|require",
+        CustomParser = ParseTlsMode,
+    };
+
+    private static readonly Option<string?> s_tlsCertificates = new("--tls-certificates")
+    {
+        Description = $"Directory holding {NbdTlsCredentials.CaCertificateFile}, {NbdTlsCredentials.ServerCertificateFile} and " +
+            $"{NbdTlsCredentials.ServerKeyFile} (PEM; the layout nbdkit and qemu read).",
+        HelpName = "DIR",
+    };
+
+    private static readonly Option<bool> s_tlsVerifyPeer = new("--tls-verify-peer")
+    {
+        Description = $"Admit only clients whose certificate is signed by the CA in {NbdTlsCredentials.CaCertificateFile}: with --tls require, " +
+            "the one authentication NBD has.",
+    };
+
     private static readonly Option<bool> s_create = new("--create") { Description = "Create and format IMAGE, which must not exist yet (needs --size)." };
 
     private static readonly Option<long?> s_size = CliOptions.Size("--size",
@@ -115,7 +136,7 @@ public static class ServeCommand
             "Exit codes: 0 after a clean shutdown; 1 the image could not be opened or served, or not closed clean; 2 the command line was not understood.")
         {
             s_image, s_socket, s_socketMode, s_socketGroup, s_listen, s_name, s_readOnly, s_cache, s_flushDelay, s_pidFile, s_create, s_size,
-            s_maxConnections, s_handshakeTimeout,
+            s_maxConnections, s_handshakeTimeout, s_tls, s_tlsCertificates, s_tlsVerifyPeer,
         };
         command.Validators.Add(result =>
         {
@@ -133,6 +154,15 @@ public static class ServeCommand
             if (!unix && (result.GetResult(s_socketMode) is not null || result.GetResult(s_socketGroup) is not null))
             {
                 result.AddError("--socket-mode and --socket-group apply to a Unix socket; --listen alone serves none (add --socket PATH).");
+            }
+            bool tls = TlsMode(result.GetValue(s_tls)) != NbdTlsMode.Off;
+            if (tls && result.GetResult(s_tlsCertificates) is null)
+            {
+                result.AddError($"--tls {TlsMode(result.GetValue(s_tls)).ToString().ToLowerInvariant()} needs --tls-certificates DIR.");
+            }
+            if (!tls && (result.GetResult(s_tlsCertificates) is not null || result.GetValue(s_tlsVerifyPeer)))
+            {
+                result.AddError("--tls-certificates and --tls-verify-peer need --tls on or --tls require.");
             }
         });
         CommandRunner.SetAction(command, (parse, _) => RunAsync(parse));
@@ -156,6 +186,8 @@ public static class ServeCommand
         {
             PidFile.CheckPath(pidPath);
         }
+        // Before the image is opened: a mistake in the certificates costs nothing then.
+        NbdTlsCredentials? tls = LoadTlsCredentials(parse);
         // Sockets passed by a service manager (systemd socket activation) replace the default socket.
         var activation = SystemdActivation.Take(listenersGiven: parse.GetValue(s_socket) is not null || parse.GetValue(s_listen) is not null);
         CompressedDevice device = parse.GetValue(s_create)
@@ -170,7 +202,7 @@ public static class ServeCommand
                 Log($"{image} was not closed cleanly: pbats and usage rebuilt from the lbats");
             }
             // A signal that came while the image was being opened: close it again without serving.
-            exitCode = shutdown.IsSignalled ? ExitCodes.Success : await ServeAsync(parse, image, device, shutdown, activation, written => pidFile = written).ConfigureAwait(false);
+            exitCode = shutdown.IsSignalled ? ExitCodes.Success : await ServeAsync(parse, image, device, shutdown, activation, tls, written => pidFile = written).ConfigureAwait(false);
         }
         finally
         {
@@ -185,7 +217,7 @@ public static class ServeCommand
     }
 
     private static async Task<int> ServeAsync(ParseResult parse, string image, CompressedDevice device, ShutdownSignal shutdown, SystemdActivation? activation,
-        Action<PidFile> pidWritten)
+        NbdTlsCredentials? tls, Action<PidFile> pidWritten)
     {
         string name = parse.GetValue(s_name) ?? Path.GetFileNameWithoutExtension(image);
         bool readOnly = parse.GetValue(s_readOnly);
@@ -198,6 +230,8 @@ public static class ServeCommand
             HandshakeTimeout = TimeSpan.FromSeconds(parse.GetValue(s_handshakeTimeout)),
             UnixSocketMode = parse.GetValue(s_socketMode) ?? (group is null ? SocketAccess.DefaultMode : SocketAccess.GroupMode),
             UnixSocketGroupId = group?.Id,
+            TlsMode = TlsMode(parse.GetValue(s_tls)),
+            TlsCredentials = tls,
         };
         var server = new NbdServer(monitor, name, readOnly, $"cbd image {Path.GetFileName(image)}", options);
         try
@@ -219,6 +253,15 @@ public static class ServeCommand
             if (listen is not null)
             {
                 uris.Add(await Listeners.StartTcpAsync(server, listen, name, CancellationToken.None).ConfigureAwait(false));
+                if (options.TlsMode != NbdTlsMode.Require)
+                {
+                    Log($"warning: --listen {listen}: the export is open to anyone who can reach the port; " +
+                        "serve it with --tls require (and --tls-verify-peer to admit only clients with a certificate)");
+                }
+            }
+            if (options.TlsMode != NbdTlsMode.Off)
+            {
+                uris = [.. uris.Select(TlsUri)];
             }
             DeviceStats stats = device.GetStats();
             foreach (string line in AttachHints.Lines(image, name, device.Size, device.BlockSize, server.IsReadOnly, stats.LblksUsed, uris, socketPath))
@@ -291,6 +334,49 @@ public static class ServeCommand
             : "/tmp";
         return Path.Combine(directory, $"cbd-{Path.GetFileNameWithoutExtension(image)}.sock");
     }
+
+    /// <summary>The credentials of --tls-certificates, null with --tls off; a file that is wrong is one line naming it.</summary>
+    private static NbdTlsCredentials? LoadTlsCredentials(ParseResult parse)
+    {
+        if (TlsMode(parse.GetValue(s_tls)) == NbdTlsMode.Off)
+        {
+            return null;
+        }
+        try
+        {
+            return NbdTlsCredentials.Load(parse.GetValue(s_tlsCertificates)!, parse.GetValue(s_tlsVerifyPeer));
+        }
+        catch (IOException ex)
+        {
+            throw new CliException($"--tls-certificates: {CommandRunner.OneLine(ex.Message)}");
+        }
+    }
+
+    private static NbdTlsMode TlsMode(NbdTlsMode? given) => given ?? NbdTlsMode.Off;
+
+    /// <summary>off, on or require, as nbdkit spells them (any case).</summary>
+    private static NbdTlsMode? ParseTlsMode(ArgumentResult result)
+    {
+        string text = result.Tokens.Count > 0 ? result.Tokens[^1].Value : "";
+        switch (text.ToLowerInvariant())
+        {
+            case "off":
+                return NbdTlsMode.Off;
+            case "on":
+                return NbdTlsMode.On;
+            case "require":
+                return NbdTlsMode.Require;
+            default:
+                result.AddError($"--tls: '{text}', expected off, on or require.");
+                return null;
+        }
+    }
+
+    /// <summary>The URI of a TLS client (libnbd's nbds:// and nbds+unix:// schemes) for a listener's plain one.</summary>
+    private static string TlsUri(string uri)
+        => uri.StartsWith("nbd+unix://", StringComparison.Ordinal) ? "nbds+unix://" + uri["nbd+unix://".Length..]
+            : uri.StartsWith("nbd://", StringComparison.Ordinal) ? "nbds://" + uri["nbd://".Length..]
+            : uri;
 
     private static ListenAddress? ParseListen(ArgumentResult result)
     {

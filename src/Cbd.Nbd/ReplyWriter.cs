@@ -1,0 +1,280 @@
+using System.Text;
+using Cbd.Core.Engine;
+using Cbd.Nbd.Protocol;
+
+namespace Cbd.Nbd;
+
+/// <summary>
+/// The send side of a connection: option replies during the handshake, then simple replies and structured reply
+/// chunks, each written whole under one lock through one <see cref="ReplyTransport"/> (the socket, or TLS after
+/// NBD_OPT_STARTTLS). Also where a failure becomes an NBD error value.
+/// </summary>
+/// <remarks>
+/// Invariants: the transmission-phase sends never throw; a failed send marks the writer broken, after which
+/// nothing more is sent and the connection stops reading. The handshake has a single writer and sends
+/// without the lock; its failures propagate and end the handshake.
+/// </remarks>
+internal sealed class ReplyWriter
+{
+    /// <summary>
+    /// Room for the headers of several reply chunks gathered into one send, and for a whole error chunk:
+    /// <see cref="MaxErrorMessageLength"/> is derived from it.
+    /// </summary>
+    internal const int ScratchSize = 4096;
+
+    /// <summary>Longest message of an error chunk: what is left of the scratch buffer after the chunk header and error fields.</summary>
+    internal const int MaxErrorMessageLength = ScratchSize - StructuredReplyHeader.Size - ChunkPayload.ErrorPrefixSize;
+
+    private readonly SemaphoreSlim _lock = new(1, 1);
+    private readonly byte[] _scratch = new byte[ScratchSize];
+    private readonly CancellationToken _abort;
+    private readonly Action<string> _log;
+    private readonly Action _onBroken;
+    private ReplyTransport _transport;
+    private bool _structuredReplies;
+    private volatile bool _broken;
+
+    /// <param name="transport">Where replies go until <see cref="SwitchTransport"/>.</param>
+    /// <param name="abort">Cancels a send in progress (the shutdown grace period ran out).</param>
+    /// <param name="log">Takes one line about a failed send.</param>
+    /// <param name="onBroken">Called once a send has failed, to stop reading requests.</param>
+    public ReplyWriter(ReplyTransport transport, CancellationToken abort, Action<string> log, Action onBroken)
+    {
+        _transport = transport;
+        _abort = abort;
+        _log = log;
+        _onBroken = onBroken;
+    }
+
+    /// <summary>True once a send failed or was given up: nothing more goes out.</summary>
+    public bool IsBroken => _broken;
+
+    /// <summary>Replaces the transport, after NBD_OPT_STARTTLS; the handshake's single writer calls it between two replies.</summary>
+    public void SwitchTransport(ReplyTransport transport) => _transport = transport;
+
+    /// <summary>Fixes the reply form for the transmission phase: structured replies, if negotiated, carry errors as chunks.</summary>
+    public void StartTransmission(Negotiated negotiated) => _structuredReplies = negotiated.StructuredReplies;
+
+    /// <summary>Marks the writer broken and stops the connection reading.</summary>
+    public void MarkBroken()
+    {
+        _broken = true;
+        _onBroken();
+    }
+
+    /// <summary>
+    /// Maps a failure of the device to the error value of its reply (the spec's "Error values"); the shutdown
+    /// error only when the connection is being aborted.
+    /// </summary>
+    public static NbdError ErrorFor(Exception ex, bool aborting) => ex switch
+    {
+        ReadOnlyDeviceException => NbdError.Perm,
+        OutOfSpaceException => NbdError.NoSpace,
+        ProvisioningNotSupportedException => NbdError.NotSupported,
+        OperationCanceledException when aborting => NbdError.Shutdown,
+        ArgumentException => NbdError.Invalid,
+        _ => NbdError.IO,
+    };
+
+    // ---- Handshake: one writer, no lock ----
+
+    /// <summary>Sends bytes as they are (the greeting, the NBD_OPT_EXPORT_NAME reply).</summary>
+    public ValueTask SendHandshakeAsync(ReadOnlyMemory<byte> data) => _transport.SendAsync(data, ReadOnlyMemory<byte>.Empty, _abort);
+
+    /// <summary>Sends one option reply: its header, then <paramref name="payload"/>.</summary>
+    public ValueTask SendOptionReplyAsync(NbdOption option, NbdOptionReply type, ReadOnlyMemory<byte> payload)
+    {
+        OptionReplyHeader.Write(_scratch, option, type, (uint)payload.Length);
+        return _transport.SendAsync(_scratch.AsMemory(0, OptionReplyHeader.Size), payload, _abort);
+    }
+
+    // ---- Transmission: any number of senders, one at a time ----
+
+    /// <summary>A simple reply: the error value (or none) of a request that carries no data back.</summary>
+    public ValueTask SendSimpleReplyAsync(ulong handle, NbdError error)
+        => SendGuardedAsync((handle, error), static (w, s) =>
+        {
+            SimpleReplyHeader.Write(w._scratch, s.error, s.handle);
+            return w._transport.SendAsync(w._scratch.AsMemory(0, SimpleReplyHeader.Size), ReadOnlyMemory<byte>.Empty, w._abort);
+        });
+
+    /// <summary>One structured chunk flagged as the last of its reply, its payload sent after the header.</summary>
+    public ValueTask SendDoneChunkAsync(ulong handle, NbdReplyType type, ReadOnlyMemory<byte> payload)
+        => SendGuardedAsync((handle, type, payload), static (w, s) =>
+        {
+            StructuredReplyHeader.Write(w._scratch, NbdReplyFlags.Done, s.type, s.handle, (uint)s.payload.Length);
+            return w._transport.SendAsync(w._scratch.AsMemory(0, StructuredReplyHeader.Size), s.payload, w._abort);
+        });
+
+    /// <summary>
+    /// Replies with an error: a structured NBD_REPLY_TYPE_ERROR chunk carrying <paramref name="message"/> (cut to
+    /// <see cref="MaxErrorMessageLength"/> bytes) when structured replies are on (the spec's preference, and the
+    /// only form allowed for READ), else a simple reply.
+    /// </summary>
+    public ValueTask SendErrorAsync(ulong handle, NbdError error, string? message)
+    {
+        if (!_structuredReplies)
+        {
+            return SendSimpleReplyAsync(handle, error);
+        }
+        byte[] text = Encoding.UTF8.GetBytes((message ?? error.ToString()).Replace('\0', ' '));
+        int messageLength = Math.Min(text.Length, MaxErrorMessageLength);
+        return SendGuardedAsync((handle, error, text, messageLength), static (w, s) =>
+        {
+            int payloadLength = ChunkPayload.WriteError(w._scratch.AsSpan(StructuredReplyHeader.Size), s.error, s.text.AsSpan(0, s.messageLength));
+            StructuredReplyHeader.Write(w._scratch, NbdReplyFlags.Done, NbdReplyType.Error, s.handle, (uint)payloadLength);
+            return w._transport.SendAsync(w._scratch.AsMemory(0, StructuredReplyHeader.Size + payloadLength), ReadOnlyMemory<byte>.Empty, w._abort);
+        });
+    }
+
+    /// <summary>
+    /// Sends the chunks of one piece of a structured READ reply: <paramref name="runs"/> split <paramref name="data"/>
+    /// (at request offset <paramref name="offset"/>) into NBD_REPLY_TYPE_OFFSET_HOLE and NBD_REPLY_TYPE_OFFSET_DATA
+    /// chunks; the last one carries NBD_REPLY_FLAG_DONE when <paramref name="last"/>.
+    /// </summary>
+    public ValueTask SendReadChunksAsync(ulong handle, ulong offset, ReadOnlyMemory<byte> data, NbdConnection.ReadRun[] runs, int runCount, bool last)
+        => SendGuardedAsync((handle, offset, data, runs, runCount, last), static async (w, s) =>
+        {
+            // Small chunk headers (and whole hole chunks) gather in the scratch buffer and go out with the next
+            // data run, so a reply costs about one send per data run.
+            byte[] scratch = w._scratch;
+            int pending = 0;
+            for (int i = 0; i < s.runCount; i++)
+            {
+                NbdConnection.ReadRun run = s.runs[i];
+                NbdReplyFlags flags = s.last && i == s.runCount - 1 ? NbdReplyFlags.Done : NbdReplyFlags.None;
+                ulong runOffset = s.offset + (ulong)run.Start;
+                int needed = StructuredReplyHeader.Size + (run.IsZero ? ChunkPayload.OffsetHoleSize : ChunkPayload.OffsetDataPrefixSize);
+                if (pending + needed > scratch.Length)
+                {
+                    await w._transport.SendAsync(scratch.AsMemory(0, pending), ReadOnlyMemory<byte>.Empty, w._abort).ConfigureAwait(false);
+                    pending = 0;
+                }
+                if (run.IsZero)
+                {
+                    StructuredReplyHeader.Write(scratch.AsSpan(pending), flags, NbdReplyType.OffsetHole, s.handle, ChunkPayload.OffsetHoleSize);
+                    pending += StructuredReplyHeader.Size;
+                    ChunkPayload.WriteOffsetHole(scratch.AsSpan(pending), runOffset, (uint)run.Length);
+                    pending += ChunkPayload.OffsetHoleSize;
+                }
+                else
+                {
+                    StructuredReplyHeader.Write(scratch.AsSpan(pending), flags, NbdReplyType.OffsetData, s.handle,
+                        (uint)(ChunkPayload.OffsetDataPrefixSize + run.Length));
+                    pending += StructuredReplyHeader.Size;
+                    ChunkPayload.WriteOffsetDataPrefix(scratch.AsSpan(pending), runOffset);
+                    pending += ChunkPayload.OffsetDataPrefixSize;
+                    await w._transport.SendAsync(scratch.AsMemory(0, pending), s.data.Slice(run.Start, run.Length), w._abort).ConfigureAwait(false);
+                    pending = 0;
+                }
+            }
+            if (pending > 0)
+            {
+                await w._transport.SendAsync(scratch.AsMemory(0, pending), ReadOnlyMemory<byte>.Empty, w._abort).ConfigureAwait(false);
+            }
+        });
+
+    /// <summary>
+    /// Sends a READ reply whose one header announces all <paramref name="length"/> bytes (a simple reply, or a
+    /// single NBD_REPLY_TYPE_OFFSET_DATA chunk with structured replies), then the data: <paramref name="piece"/>
+    /// holds the first piece, and <paramref name="readPiece"/> refills it with the bytes at a request offset
+    /// before each further one is sent. The lock is held throughout, as nothing may come between. When
+    /// <paramref name="readPiece"/> returns false the header's promise cannot be kept: the caller has closed the
+    /// connection, and nothing more is sent.
+    /// </summary>
+    public async ValueTask SendStreamedReadAsync<TState>(ulong handle, ulong offset, int length, Memory<byte> piece,
+        TState state, Func<TState, int, Memory<byte>, ValueTask<bool>> readPiece)
+    {
+        if (!await TryLockAsync().ConfigureAwait(false))
+        {
+            return;
+        }
+        try
+        {
+            if (_broken)
+            {
+                return;
+            }
+            int headerLength;
+            if (_structuredReplies)
+            {
+                StructuredReplyHeader.Write(_scratch, NbdReplyFlags.Done, NbdReplyType.OffsetData, handle, (uint)(ChunkPayload.OffsetDataPrefixSize + length));
+                ChunkPayload.WriteOffsetDataPrefix(_scratch.AsSpan(StructuredReplyHeader.Size), offset);
+                headerLength = StructuredReplyHeader.Size + ChunkPayload.OffsetDataPrefixSize;
+            }
+            else
+            {
+                SimpleReplyHeader.Write(_scratch, NbdError.None, handle);
+                headerLength = SimpleReplyHeader.Size;
+            }
+            await _transport.SendAsync(_scratch.AsMemory(0, headerLength), piece, _abort).ConfigureAwait(false);
+            for (int done = piece.Length; done < length;)
+            {
+                Memory<byte> data = piece[..Math.Min(length - done, piece.Length)];
+                if (!await readPiece(state, done, data).ConfigureAwait(false))
+                {
+                    _broken = true;
+                    return;
+                }
+                await _transport.SendAsync(data, ReadOnlyMemory<byte>.Empty, _abort).ConfigureAwait(false);
+                done += data.Length;
+            }
+        }
+        catch (Exception ex) when (NbdConnection.IsConnectionEnd(ex))
+        {
+            _log($"sending a reply failed, closing the connection: {ex.Message}");
+            MarkBroken();
+        }
+        finally
+        {
+            _lock.Release();
+        }
+    }
+
+    /// <summary>Takes the lock; false, without it, when the writer is broken or being aborted.</summary>
+    private async ValueTask<bool> TryLockAsync()
+    {
+        if (_broken)
+        {
+            return false;
+        }
+        try
+        {
+            await _lock.WaitAsync(_abort).ConfigureAwait(false);
+            return true;
+        }
+        catch (OperationCanceledException)
+        {
+            MarkBroken();
+            return false;
+        }
+    }
+
+    /// <summary>
+    /// Takes the lock and runs <paramref name="send"/>. Never throws: a failed send means the client is gone or
+    /// stuck, so the writer is marked broken and the connection stops reading.
+    /// </summary>
+    private async ValueTask SendGuardedAsync<TState>(TState state, Func<ReplyWriter, TState, ValueTask> send)
+    {
+        if (!await TryLockAsync().ConfigureAwait(false))
+        {
+            return;
+        }
+        try
+        {
+            if (!_broken)
+            {
+                await send(this, state).ConfigureAwait(false);
+            }
+        }
+        catch (Exception ex) when (NbdConnection.IsConnectionEnd(ex))
+        {
+            _log($"sending a reply failed, closing the connection: {ex.Message}");
+            MarkBroken();
+        }
+        finally
+        {
+            _lock.Release();
+        }
+    }
+}
