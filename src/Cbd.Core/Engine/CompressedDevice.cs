@@ -102,6 +102,9 @@ public sealed partial class CompressedDevice : IBlockDevice
     /// <summary>True when open found the image not closed clean and rebuilt its pbats and stats.</summary>
     public bool Recovered { get; private set; }
 
+    /// <summary>Cache and checkpoint totals since open, for monitoring.</summary>
+    public EngineCounters Counters { get; } = new();
+
     /// <summary>
     /// Formats <paramref name="store"/> (its whole length is the physical size). Only the header and the
     /// metadata pblks are written; data pblks are left as they are.
@@ -281,6 +284,7 @@ public sealed partial class CompressedDevice : IBlockDevice
     /// <summary>Loads an lblk from the backing store into its cache entry. Caller holds the entry's lock.</summary>
     private async ValueTask EnsureLoadedAsync(CachedLblk entry, CancellationToken cancellationToken)
     {
+        Counters.CountLookup(entry.Loaded);
         if (entry.Loaded)
             return;
         LblkAlloc alloc;
@@ -664,11 +668,12 @@ public sealed partial class CompressedDevice : IBlockDevice
             // Its failure, if any, is in _failed, which the stages below check.
             await _olderPublish.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
             long number = Interlocked.Increment(ref _checkpointsStarted);
+            long started = Stopwatch.GetTimestamp();
             var (batch, results) = await WriteBackDirtyAsync().ConfigureAwait(false);
             var publish = PublishAsync(_publish, batch, results);
             _olderPublish = _publish;
             _publish = publish;
-            commit = CommitAsync(_commit, publish, number);
+            commit = CommitAsync(_commit, publish, number, started);
             _commit = commit;
         }
         finally
@@ -820,7 +825,7 @@ public sealed partial class CompressedDevice : IBlockDevice
     /// back, and they must still find their data. Entries a later checkpoint publishes meanwhile may go
     /// out with these lbat pblks: their data was made durable before they were published.
     /// </summary>
-    private async Task CommitAsync(Task previous, Task<List<ulong>> publish, long number)
+    private async Task CommitAsync(Task previous, Task<List<ulong>> publish, long number, long started)
     {
         var ct = CancellationToken.None;
         // A failure of either stage waited for is in _failed, checked next.
@@ -843,6 +848,7 @@ public sealed partial class CompressedDevice : IBlockDevice
                 await _alloc.FreeAsync(freed, ct).ConfigureAwait(false);
             }
             Interlocked.Exchange(ref _checkpointsCompleted, number);
+            Counters.Checkpoints.ObserveSince(started);
         }
         catch (Exception e)
         {
