@@ -28,6 +28,7 @@ internal sealed partial class NbdConnection
     private readonly InFlightLimiter _limiter;
     private readonly PayloadPool _pool;
     private readonly int _receivePiece;
+    private readonly NbdMetrics _metrics;
 
     /// <summary>Cancelled to stop reading: on server shutdown or once a send has failed.</summary>
     private readonly CancellationTokenSource _stopReading = new();
@@ -41,7 +42,7 @@ internal sealed partial class NbdConnection
 
     private volatile bool _broken;
 
-    public NbdConnection(Socket socket, NbdExport export, NbdServerOptions options, PayloadPool pool, int receivePiece)
+    public NbdConnection(Socket socket, NbdExport export, NbdServerOptions options, PayloadPool pool, int receivePiece, NbdMetrics metrics)
     {
         _socket = socket;
         _export = export;
@@ -52,6 +53,7 @@ internal sealed partial class NbdConnection
         _input = new BufferedStream(new NetworkStream(socket, ownsSocket: false), ReceiveBufferSize);
         _pool = pool;
         _receivePiece = receivePiece;
+        _metrics = metrics;
         _limiter = new InFlightLimiter(options.MaxInFlightRequests, options.MaxInFlightBytes);
     }
 

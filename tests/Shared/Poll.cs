@@ -1,6 +1,6 @@
 using System.Diagnostics;
 
-namespace Cbd.Integration.Tests;
+namespace Cbd.TestTools;
 
 public static class Poll
 {
