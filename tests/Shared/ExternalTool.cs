@@ -24,6 +24,8 @@ public static class ExternalTool
         ["systemd-socket-activate"] = "systemd",
         ["systemd-analyze"] = "systemd",
         ["man"] = "man-db",
+        ["curl"] = "curl",
+        ["promtool"] = "prometheus",
     };
 
     public sealed record Result(string CommandLine, int ExitCode, string StandardOutput, string StandardError)
