@@ -124,6 +124,9 @@ internal sealed partial class NbdConnection
         return transmit && !timedOut();
     }
 
+    /// <summary>True while the reader waits for this connection's in-flight limits to make room for a request.</summary>
+    internal bool IsWaitingForRoom => _limiter.IsReaderWaiting;
+
     /// <summary>Stops reading new requests; the ones in flight finish and <see cref="RunAsync"/> then returns.</summary>
     public void BeginShutdown() => CancelQuietly(_stopReading);
 

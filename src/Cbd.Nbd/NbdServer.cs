@@ -80,6 +80,21 @@ public sealed class NbdServer : IAsyncDisposable
         }
     }
 
+    /// <summary>
+    /// Readers waiting for a connection's in-flight limits, plus requests waiting for payload budget: once the clients
+    /// have sent everything, a test waits for this to know the server has admitted all it ever will.
+    /// </summary>
+    internal int WaitingForRoom
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _connections.Keys.Count(c => c.IsWaitingForRoom) + _payloadPool.Waiting;
+            }
+        }
+    }
+
     /// <summary>The payload buffers of every connection (its counters are what tests check the budget with).</summary>
     internal PayloadPool PayloadPool => _payloadPool;
 
