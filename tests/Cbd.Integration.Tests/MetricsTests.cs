@@ -33,7 +33,8 @@ public sealed class MetricsTests
             return MetricsScrape.Value(during, "cbd_nbd_requests_total{command=\"write\"}") > 0;
         }, TimeSpan.FromSeconds(30), () => $"a scrape counting fio's writes: {fio}");
         Assert.False(fio.HasExited, $"fio ended before a scrape saw its writes; the scrape was not taken during the run: {fio}");
-        Assert.Equal(1, MetricsScrape.Value(during, "cbd_nbd_connections"));
+        // fio's own connection at least; the one it probed the size with may not be counted closed yet.
+        Assert.True(MetricsScrape.Value(during, "cbd_nbd_connections") >= 1, during);
         await MetricsScrape.AssertValidAsync(during, scratch);
 
         Assert.True(await fio.WaitForExitAsync(TimeSpan.FromSeconds(120)), $"fio did not finish: {fio}");
