@@ -12,6 +12,10 @@ internal sealed class InFlightLimiter(int maxRequests, long maxBytes)
     private int _requests;
     private long _bytes;
     private TaskCompletionSource? _waiter;
+    private int _readerWaiting;
+
+    /// <summary>True while the reader waits in <see cref="AcquireAsync"/> for room.</summary>
+    public bool IsReaderWaiting => Volatile.Read(ref _readerWaiting) != 0;
 
     /// <summary>Waits until one more request of <paramref name="bytes"/> fits, then counts it.</summary>
     public async ValueTask AcquireAsync(long bytes, CancellationToken cancellationToken)
@@ -31,8 +35,16 @@ internal sealed class InFlightLimiter(int maxRequests, long maxBytes)
                 }
                 _waiter ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
                 wait = _waiter.Task;
+                _readerWaiting = 1;
             }
-            await wait.WaitAsync(cancellationToken).ConfigureAwait(false);
+            try
+            {
+                await wait.WaitAsync(cancellationToken).ConfigureAwait(false);
+            }
+            finally
+            {
+                Volatile.Write(ref _readerWaiting, 0);
+            }
         }
     }
 

@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Diagnostics;
 using System.Text;
 using Cbd.Core.Engine;
 using Cbd.Nbd.Protocol;
@@ -44,6 +45,7 @@ internal sealed partial class NbdConnection
             }
             if (request.Command == NbdCommand.Disconnect)
             {
+                _metrics.DisconnectRead();
                 return;
             }
             if (request.Command == NbdCommand.Write && request.Length > _receivePiece)
@@ -98,11 +100,13 @@ internal sealed partial class NbdConnection
     /// </summary>
     private async ValueTask WriteInPiecesAsync(NbdRequest request, CancellationToken cancellationToken)
     {
+        long start = Stopwatch.GetTimestamp();
         NbdError error = Validate(request, out string? message);
         if (error != NbdError.None)
         {
             await SkipAsync(request.Length, cancellationToken).ConfigureAwait(false);
             await _writer.SendErrorAsync(request.Handle, error, message).ConfigureAwait(false);
+            _metrics.Record(request.Command, request.Length, RequestOutcome.Refused, start);
             return;
         }
 
@@ -151,17 +155,21 @@ internal sealed partial class NbdConnection
         if (failure is not null)
         {
             await _writer.SendErrorAsync(request.Handle, MapException(request, failure), failure.Message).ConfigureAwait(false);
+            _metrics.Record(request.Command, request.Length, RequestOutcome.Failed, start);
             return;
         }
         await _writer.SendSimpleReplyAsync(request.Handle, NbdError.None).ConfigureAwait(false);
+        _metrics.Record(request.Command, request.Length, RequestOutcome.Done, start);
     }
 
     /// <summary>Runs one request and sends its reply; never throws, and releases what the reader acquired.</summary>
     private async Task ProcessAsync(NbdRequest request, PayloadBuffer payload, long cost)
     {
+        long start = Stopwatch.GetTimestamp();
         try
         {
-            await ExecuteAsync(request, payload).ConfigureAwait(false);
+            RequestOutcome outcome = await ExecuteAsync(request, payload).ConfigureAwait(false);
+            _metrics.Record(request.Command, request.Length, outcome, start);
         }
         catch (Exception ex)
         {
@@ -178,13 +186,13 @@ internal sealed partial class NbdConnection
         }
     }
 
-    private async ValueTask ExecuteAsync(NbdRequest request, PayloadBuffer payload)
+    private async ValueTask<RequestOutcome> ExecuteAsync(NbdRequest request, PayloadBuffer payload)
     {
         NbdError error = Validate(request, out string? message);
         if (error != NbdError.None)
         {
             await _writer.SendErrorAsync(request.Handle, error, message).ConfigureAwait(false);
-            return;
+            return RequestOutcome.Refused;
         }
 
         IBlockDevice device = _export.Device;
@@ -198,10 +206,10 @@ internal sealed partial class NbdConnection
             {
                 case NbdCommand.Read:
                     await ReadAsync(request).ConfigureAwait(false);
-                    return;
+                    return RequestOutcome.Done;
                 case NbdCommand.BlockStatus:
                     await BlockStatusAsync(request).ConfigureAwait(false);
-                    return;
+                    return RequestOutcome.Done;
                 case NbdCommand.Write when request.Length > 0:
                     await device.WriteAsync(offset, payload.Memory[..length], fua, abort).ConfigureAwait(false);
                     break;
@@ -228,9 +236,10 @@ internal sealed partial class NbdConnection
         {
             error = MapException(request, ex);
             await _writer.SendErrorAsync(request.Handle, error, ex.Message).ConfigureAwait(false);
-            return;
+            return RequestOutcome.Failed;
         }
         await _writer.SendSimpleReplyAsync(request.Handle, NbdError.None).ConfigureAwait(false);
+        return RequestOutcome.Done;
     }
 
     private NbdError Validate(in NbdRequest request, out string? message)

@@ -27,6 +27,7 @@ internal sealed partial class NbdConnection
     private readonly InFlightLimiter _limiter;
     private readonly PayloadPool _pool;
     private readonly int _receivePiece;
+    private readonly NbdMetrics _metrics;
 
     /// <summary>Cancelled to stop reading: on server shutdown or once a send has failed.</summary>
     private readonly CancellationTokenSource _stopReading = new();
@@ -49,7 +50,7 @@ internal sealed partial class NbdConnection
     /// <summary>What requests are checked against, from <see cref="_negotiated"/> and the export.</summary>
     private TransmissionState _transmissionState;
 
-    public NbdConnection(Socket socket, NbdExport export, NbdServerOptions options, PayloadPool pool, int receivePiece)
+    public NbdConnection(Socket socket, NbdExport export, NbdServerOptions options, PayloadPool pool, int receivePiece, NbdMetrics metrics)
     {
         _socket = socket;
         _export = export;
@@ -60,6 +61,7 @@ internal sealed partial class NbdConnection
         _writer = new ReplyWriter(new SocketReplyTransport(socket), _abort.Token, line => Log($"{_peer}: {line}"), () => CancelQuietly(_stopReading));
         _pool = pool;
         _receivePiece = receivePiece;
+        _metrics = metrics;
         _limiter = new InFlightLimiter(options.MaxInFlightRequests, options.MaxInFlightBytes);
     }
 
@@ -151,6 +153,9 @@ internal sealed partial class NbdConnection
         }
         return timedOut() ? null : negotiated;
     }
+
+    /// <summary>True while the reader waits for this connection's in-flight limits to make room for a request.</summary>
+    internal bool IsWaitingForRoom => _limiter.IsReaderWaiting;
 
     /// <summary>Stops reading new requests; the ones in flight finish and <see cref="RunAsync"/> then returns.</summary>
     public void BeginShutdown() => CancelQuietly(_stopReading);

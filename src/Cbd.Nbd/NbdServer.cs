@@ -69,6 +69,9 @@ public sealed class NbdServer : IAsyncDisposable
     /// <summary>The pieces a WRITE larger than one is received in: a share of the budget per connection.</summary>
     internal int ReceivePieceSize { get; }
 
+    /// <summary>Connections and requests served so far, for monitoring.</summary>
+    public NbdMetrics Metrics { get; } = new();
+
     /// <summary>Connections being served now.</summary>
     internal int ConnectionCount
     {
@@ -77,6 +80,21 @@ public sealed class NbdServer : IAsyncDisposable
             lock (_lock)
             {
                 return _connections.Count;
+            }
+        }
+    }
+
+    /// <summary>
+    /// Readers waiting for a connection's in-flight limits, plus requests waiting for payload budget: once the clients
+    /// have sent everything, a test waits for this to know the server has admitted all it ever will.
+    /// </summary>
+    internal int WaitingForRoom
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _connections.Keys.Count(c => c.IsWaitingForRoom) + _payloadPool.Waiting;
             }
         }
     }
@@ -294,14 +312,16 @@ public sealed class NbdServer : IAsyncDisposable
                     // Closed at once rather than queued: a queue would hold what the limit is there to bound. Logged
                     // first, so that the line is there by the time the client sees its connection closed.
                     LogRefusalLocked();
+                    Metrics.ConnectionRefused();
                     client.Dispose();
                     continue;
                 }
-                connection = new NbdConnection(client, _export, _options, _payloadPool, ReceivePieceSize);
+                connection = new NbdConnection(client, _export, _options, _payloadPool, ReceivePieceSize, Metrics);
                 // The connection starts only once it is registered, so that StopAsync, which takes the same
                 // lock, either sees it and shuts it down or has already closed the listener it came from.
                 run = RunConnectionAsync(connection, started.Task);
                 _connections.Add(connection, run);
+                Metrics.ConnectionOpened();
             }
             started.SetResult();
         }
@@ -332,6 +352,7 @@ public sealed class NbdServer : IAsyncDisposable
         {
             _connections.Remove(connection);
         }
+        Metrics.ConnectionClosed();
     }
 
     /// <summary>

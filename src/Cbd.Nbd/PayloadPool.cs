@@ -38,6 +38,7 @@ internal sealed class PayloadPool : IDisposable
     private bool _trimScheduled;
     private bool _rentedSinceTrimCheck;
     private bool _disposed;
+    private int _waiting;
     private TaskCompletionSource? _waiter;
 
     /// <param name="budget">Bytes that may be rented and kept at once.</param>
@@ -102,6 +103,9 @@ internal sealed class PayloadPool : IDisposable
         }
     }
 
+    /// <summary>Calls of <see cref="RentAsync"/> waiting for budget now.</summary>
+    public int Waiting => Volatile.Read(ref _waiting);
+
     /// <summary>Waits until a buffer of at least <paramref name="length"/> bytes (at most <see cref="PieceSize"/>) fits the budget, and rents it.</summary>
     public async ValueTask<PayloadBuffer> RentAsync(int length, CancellationToken cancellationToken)
     {
@@ -120,8 +124,16 @@ internal sealed class PayloadPool : IDisposable
                 }
                 _waiter ??= new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
                 wait = _waiter.Task;
+                Interlocked.Increment(ref _waiting);
             }
-            await wait.WaitAsync(cancellationToken).ConfigureAwait(false);
+            try
+            {
+                await wait.WaitAsync(cancellationToken).ConfigureAwait(false);
+            }
+            finally
+            {
+                Interlocked.Decrement(ref _waiting);
+            }
         }
     }
 

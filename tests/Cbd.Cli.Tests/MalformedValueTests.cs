@@ -96,4 +96,19 @@ public class MalformedValueTests
             Assert.True(result.ExitCode == usage, $"expected exit {usage}: {result}");
         }
     }
+
+    /// <summary>--metrics takes what --listen takes, and says so under its own name.</summary>
+    [Theory]
+    [InlineData("abc", "cbd: --metrics: 'abc': expected PORT, HOST:PORT or [IPv6]:PORT with PORT from 0 to 65535")]
+    [InlineData("70000", "cbd: --metrics: '70000': port 70000 is out of range; expected PORT, HOST:PORT or [IPv6]:PORT with PORT from 0 to 65535")]
+    [InlineData("::1:9100", "cbd: --metrics: '::1:9100': an IPv6 address goes in brackets, e.g. [::1]:10809")]
+    [InlineData(":9100", "cbd: --metrics: ':9100': no host before the ':'; expected PORT, HOST:PORT or [IPv6]:PORT with PORT from 0 to 65535")]
+    [InlineData("[nope]:9100", "cbd: --metrics: '[nope]:9100': 'nope' in brackets is not an IPv6 address")]
+    public async Task A_malformed_metrics_address_names_the_option_and_what_was_expected(string value, string expected)
+    {
+        using var scratch = new Scratch();
+        var result = await CbdTool.TryRunAsync(["serve", scratch.File("missing.cbd"), "--metrics", value], timeout: TimeSpan.FromSeconds(30));
+        Assert.True(result.ExitCode == 2, $"expected exit 2: {result}");
+        Assert.Equal(expected, result.StandardError.Split('\n')[0]);
+    }
 }

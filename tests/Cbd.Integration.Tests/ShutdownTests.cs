@@ -17,9 +17,12 @@ public sealed class ShutdownTests
         string image = scratch.File("disk.cbd");
         string socket = scratch.File("nbd.sock");
 
-        await using (CbdServer server = await CbdServer.CreateAsync(image, socket, "128M"))
+        await using (CbdServer server = await CbdServer.CreateAsync(image, socket, "128M", "--metrics", "0"))
         {
+            string metrics = await MetricsScrape.WaitForUrlAsync(server);
             await ExternalTool.QemuIoAsync(server.Uri, ["write -P 0x6b 0 8M", "flush"]);
+            const string Writes = "cbd_nbd_requests_total{command=\"write\"}";
+            double before = MetricsScrape.Value(await MetricsScrape.GetAsync(metrics), Writes);
 
             await using ToolProcess fio = ExternalTool.Start("fio",
             [
@@ -27,7 +30,9 @@ public sealed class ShutdownTests
                 "--offset=16m", "--size=24m", "--numjobs=2", "--offset_increment=24m", "--iodepth=16",
                 "--time_based", "--runtime=60", "--eta=never",
             ]);
-            await Task.Delay(TimeSpan.FromSeconds(2));
+            // fio is in full flow once the server has answered a few rounds of its 2 x 16 writes in flight.
+            await Poll.UntilAsync(async () => MetricsScrape.Value(await MetricsScrape.GetAsync(metrics), Writes) >= before + 64, TimeSpan.FromSeconds(30),
+                () => $"the server to answer 64 of fio's writes: {fio}");
             Assert.False(fio.HasExited, $"fio should still be writing when the server is stopped: {fio}");
 
             await server.StopAsync();

@@ -81,26 +81,46 @@ public sealed class ConnectionLifecycleTests
         await AssertServesAsync(harness);
     }
 
+    /// <summary>A device whose writes signal <paramref name="reached"/> and then wait for <paramref name="gate"/>.</summary>
+    private static MemoryBlockDevice GatedWrites(TaskCompletionSource reached, Task gate) => new(DeviceSize)
+    {
+        BeforeOperation = async (op, _, _) =>
+        {
+            if (op == "write")
+            {
+                reached.TrySetResult();
+                await gate;
+            }
+        },
+    };
+
+    private static TaskCompletionSource NewSignal() => new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    private static async Task WaitForAsync(TaskCompletionSource signal, string what)
+    {
+        try
+        {
+            await signal.Task.WaitAsync(TimeSpan.FromSeconds(10));
+        }
+        catch (TimeoutException)
+        {
+            Assert.Fail($"timed out after 10 s waiting for {what}");
+        }
+    }
+
     [Fact]
     public async Task Disconnect_FinishesOutstandingRequestsBeforeClosing()
     {
-        var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        var device = new MemoryBlockDevice(DeviceSize)
-        {
-            BeforeOperation = async (op, _, _) =>
-            {
-                if (op == "write")
-                {
-                    await gate.Task;
-                }
-            },
-        };
+        TaskCompletionSource gate = NewSignal(), reached = NewSignal();
+        MemoryBlockDevice device = GatedWrites(reached, gate.Task);
         await using ServerHarness harness = await ServerHarness.StartAsync(device);
         await using RawNbdClient client = await harness.ConnectAsync();
         await client.HandshakeAsync(structured: false);
         await client.SendRequestAsync(CmdWrite, 5, 0, 3, 0, [1, 2, 3]);
         await client.SendRequestAsync(CmdDisc, 6, 0, 0);
-        await Task.Delay(100);
+        // The write is held at the device while the server reads the NBD_CMD_DISC behind it.
+        await WaitForAsync(reached, "the write to reach the device");
+        await Poll.UntilAsync(() => harness.Server.Metrics.Disconnects == 1, TimeSpan.FromSeconds(10), () => "the server to read NBD_CMD_DISC");
         gate.SetResult();
         Reply reply = await client.ReadReplyAsync();
         Assert.Equal((5ul, 0u), (reply.Handle, reply.Error));
@@ -111,59 +131,41 @@ public sealed class ConnectionLifecycleTests
     [Fact]
     public async Task Stop_LetsInFlightRequestsFinish_ThenClosesAndRemovesTheSocket()
     {
-        var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        var device = new MemoryBlockDevice(DeviceSize)
-        {
-            BeforeOperation = async (op, _, _) =>
-            {
-                if (op == "write")
-                {
-                    await gate.Task;
-                }
-            },
-        };
-        ServerHarness harness = await ServerHarness.StartAsync(device);
+        TaskCompletionSource gate = NewSignal(), reached = NewSignal();
+        ServerHarness harness = await ServerHarness.StartAsync(GatedWrites(reached, gate.Task));
         await using var _ = harness;
         await using RawNbdClient client = await harness.ConnectAsync();
         await client.HandshakeAsync(structured: false);
         await using RawNbdClient idle = await harness.ConnectAsync();
         await idle.ReadGreetingAsync();
         await client.SendRequestAsync(CmdWrite, 5, 0, 3, 0, [1, 2, 3]);
-        await Task.Delay(100);
+        await WaitForAsync(reached, "the write to reach the device");
 
         Task stop = harness.Server.StopAsync();
-        await Task.Delay(100);
-        Assert.False(stop.IsCompleted);
         Assert.False(File.Exists(harness.SocketPath));
+        // The idle connection closed: the stop has reached the connections, and waits for the held write.
+        Assert.True(await idle.IsClosedByServerAsync());
+        Assert.False(stop.IsCompleted);
         gate.SetResult();
         await stop.WaitAsync(TimeSpan.FromSeconds(10));
 
         Reply reply = await client.ReadReplyAsync();
         Assert.Equal((5ul, 0u), (reply.Handle, reply.Error));
         Assert.True(await client.IsClosedByServerAsync());
-        Assert.True(await idle.IsClosedByServerAsync());
         await Assert.ThrowsAsync<SocketException>(() => RawNbdClient.ConnectAsync(harness.SocketPath));
     }
 
     [Fact]
     public async Task Stop_AfterTheGracePeriod_AbortsStuckRequests()
     {
-        var device = new MemoryBlockDevice(DeviceSize)
-        {
-            BeforeOperation = async (op, _, _) =>
-            {
-                if (op == "write")
-                {
-                    await Task.Delay(Timeout.Infinite);
-                }
-            },
-        };
-        ServerHarness harness = await ServerHarness.StartAsync(device, options: new NbdServerOptions { ShutdownTimeout = TimeSpan.FromMilliseconds(200) });
+        TaskCompletionSource never = NewSignal(), reached = NewSignal();
+        ServerHarness harness = await ServerHarness.StartAsync(GatedWrites(reached, never.Task),
+            options: new NbdServerOptions { ShutdownTimeout = TimeSpan.FromMilliseconds(200) });
         await using var _ = harness;
         await using RawNbdClient client = await harness.ConnectAsync();
         await client.HandshakeAsync(structured: false);
         await client.SendRequestAsync(CmdWrite, 5, 0, 3, 0, [1, 2, 3]);
-        await Task.Delay(50);
+        await WaitForAsync(reached, "the write to reach the device");
         await harness.Server.StopAsync().WaitAsync(TimeSpan.FromSeconds(10));
         Assert.True(await client.IsClosedByServerAsync());
     }

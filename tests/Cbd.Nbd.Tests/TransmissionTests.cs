@@ -396,7 +396,7 @@ public sealed class TransmissionTests
         {
             await client.SendRequestAsync(CmdWrite, h, h * 512, 512, 0, new byte[512]);
         }
-        await WaitForPeakAsync(() => gate.Peak, 3);
+        await WaitForPeakAsync(harness, () => gate.Peak, 3, waiting: 1);
         Assert.Equal(3, gate.Peak);
         gate.Open();
         for (int i = 0; i < 12; i++)
@@ -435,12 +435,12 @@ public sealed class TransmissionTests
         {
             await client.SendRequestAsync(CmdWrite, h, h * BlockSize, BlockSize, 0, new byte[BlockSize]);
         }
-        await WaitForPeakAsync(() => Volatile.Read(ref peak), 1);
+        await WaitForPeakAsync(harness, () => Volatile.Read(ref peak), 1, waiting: 1);
         Assert.Equal(1, Volatile.Read(ref peak));
 
         large.SetResult();
         Assert.Equal(0ul, (await client.ReadReplyAsync()).Handle);
-        await WaitForPeakAsync(() => Volatile.Read(ref peak), 2);
+        await WaitForPeakAsync(harness, () => Volatile.Read(ref peak), 2, waiting: 1);
         Assert.Equal(2, Volatile.Read(ref peak));
 
         small.SetResult();
@@ -470,8 +470,10 @@ public sealed class TransmissionTests
         {
             await first.SendRequestAsync(CmdWrite, h, h * BlockSize, BlockSize, 0, new byte[BlockSize]);
         }
+        await WaitForPeakAsync(harness, () => gate.Peak, 16, waiting: 1);
+        // Sent once the first connection holds the whole budget, so that its request must wait too.
         await second.SendRequestAsync(CmdWrite, 99, 40 * BlockSize, BlockSize, 0, new byte[BlockSize]);
-        await WaitForPeakAsync(() => gate.Peak, 16);
+        await WaitForPeakAsync(harness, () => gate.Peak, 16, waiting: 2);
         Assert.Equal(16, gate.Peak);
         Assert.Equal(Budget, harness.Server.PayloadPool.PeakRentedBytes);
 
@@ -511,15 +513,14 @@ public sealed class TransmissionTests
         };
     }
 
-    /// <summary>Waits for <paramref name="peak"/> to reach <paramref name="expected"/>, then a little longer so that an overshoot would show.</summary>
-    private static async Task WaitForPeakAsync(Func<int> peak, int expected)
-    {
-        for (int i = 0; i < 200 && peak() < expected; i++)
-        {
-            await Task.Delay(50);
-        }
-        await Task.Delay(200);
-    }
+    /// <summary>
+    /// Waits until <paramref name="peak"/> has reached <paramref name="expected"/> and <paramref name="waiting"/> requests
+    /// wait for room (<see cref="NbdServer.WaitingForRoom"/>): with everything sent, the server then admits nothing more
+    /// until a request completes, so the peak is final. A limit not kept overshoots and never leaves a request waiting.
+    /// </summary>
+    private static Task WaitForPeakAsync(ServerHarness harness, Func<int> peak, int expected, int waiting)
+        => Poll.UntilAsync(() => peak() >= expected && harness.Server.WaitingForRoom == waiting, TimeSpan.FromSeconds(10),
+            () => $"a peak of {expected} requests at the device with {waiting} waiting for room; peak {peak()}, waiting {harness.Server.WaitingForRoom}");
 
     private static void InterlockedMax(ref int target, int value)
     {

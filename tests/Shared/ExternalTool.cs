@@ -25,6 +25,8 @@ public static class ExternalTool
         ["systemd-analyze"] = "systemd",
         ["man"] = "man-db",
         ["openssl"] = "openssl",
+        ["curl"] = "curl",
+        ["promtool"] = "prometheus",
     };
 
     public sealed record Result(string CommandLine, int ExitCode, string StandardOutput, string StandardError)

@@ -49,6 +49,14 @@ public static class ServeCommand
         CustomParser = ParseListen,
     };
 
+    private static readonly Option<ListenAddress?> s_metrics = new("--metrics")
+    {
+        Description = "Serve live statistics in the Prometheus text format at http://ADDRESS/metrics: PORT (on 127.0.0.1), HOST:PORT or " +
+            "[IPv6]:PORT. They show the device's use and the requests served, not its data; anyone who reaches the address can read them.",
+        HelpName = ListenAddress.Syntax,
+        CustomParser = result => ParseAddress(result, "--metrics"),
+    };
+
     private static readonly Option<string?> s_name = new("--name", "--export-name", "-e")
     {
         Description = "Export name. Default: the image file name without its extension. Clients asking for the default (empty) name get this export too.",
@@ -136,7 +144,7 @@ public static class ServeCommand
             "Exit codes: 0 after a clean shutdown; 1 the image could not be opened or served, or not closed clean; 2 the command line was not understood.")
         {
             s_image, s_socket, s_socketMode, s_socketGroup, s_listen, s_name, s_readOnly, s_cache, s_flushDelay, s_pidFile, s_create, s_size,
-            s_maxConnections, s_handshakeTimeout, s_tls, s_tlsCertificates, s_tlsVerifyPeer,
+            s_maxConnections, s_handshakeTimeout, s_tls, s_tlsCertificates, s_tlsVerifyPeer, s_metrics,
         };
         command.Validators.Add(result =>
         {
@@ -234,11 +242,19 @@ public static class ServeCommand
             TlsCredentials = tls,
         };
         var server = new NbdServer(monitor, name, readOnly, $"cbd image {Path.GetFileName(image)}", options);
+        MetricsEndpoint? metrics = null;
         try
         {
             ListenAddress? listen = parse.GetValue(s_listen);
             string? socketPath = parse.GetValue(s_socket);
             var uris = new List<string>();
+            // Before the NBD listeners: a taken metrics port then fails the start before any client could connect.
+            if (parse.GetValue(s_metrics) is { } metricsAddress)
+            {
+                metrics = await MetricsEndpoint.StartAsync(metricsAddress, () => MetricsText.Render(device.GetStats(), device.Counters, server.Metrics), Log,
+                    CancellationToken.None).ConfigureAwait(false);
+                Log($"serving metrics on {metrics.Url}");
+            }
             if (activation is not null)
             {
                 uris.AddRange(activation.Start(server, name));
@@ -283,6 +299,10 @@ public static class ServeCommand
         {
             // Stops accepting, lets requests in flight finish, and removes the socket files.
             await server.StopAsync().ConfigureAwait(false);
+            if (metrics is not null)
+            {
+                await metrics.DisposeAsync().ConfigureAwait(false);
+            }
         }
     }
 
@@ -378,14 +398,16 @@ public static class ServeCommand
             : uri.StartsWith("nbd://", StringComparison.Ordinal) ? "nbds://" + uri["nbd://".Length..]
             : uri;
 
-    private static ListenAddress? ParseListen(ArgumentResult result)
+    private static ListenAddress? ParseListen(ArgumentResult result) => ParseAddress(result, "--listen");
+
+    private static ListenAddress? ParseAddress(ArgumentResult result, string option)
     {
         string text = result.Tokens.Count > 0 ? result.Tokens[^1].Value : "";
         if (ListenAddress.TryParse(text, out ListenAddress? address, out string error))
         {
             return address;
         }
-        result.AddError($"--listen: {error}");
+        result.AddError($"{option}: {error}");
         return null;
     }
 

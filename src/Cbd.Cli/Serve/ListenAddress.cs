@@ -68,7 +68,11 @@ public sealed record ListenAddress(string Host, int Port)
 
     /// <summary>The address to bind: the literal address, or the first address the name resolves to (IPv4 preferred).</summary>
     /// <exception cref="CliException">The name does not resolve.</exception>
-    public async Task<IPEndPoint> ResolveAsync(CancellationToken cancellationToken)
+    public Task<IPEndPoint> ResolveAsync(CancellationToken cancellationToken) => ResolveAsync("--listen", cancellationToken);
+
+    /// <summary>As <see cref="ResolveAsync(CancellationToken)"/>, for an address that <paramref name="option"/> named.</summary>
+    /// <exception cref="CliException">The name does not resolve; the message starts with the option and the address.</exception>
+    public async Task<IPEndPoint> ResolveAsync(string option, CancellationToken cancellationToken)
     {
         if (IPAddress.TryParse(Host, out IPAddress? literal))
         {
@@ -81,11 +85,11 @@ public sealed record ListenAddress(string Host, int Port)
         }
         catch (SocketException ex)
         {
-            throw new CliException($"--listen {this}: cannot resolve host '{Host}': {ex.Message}");
+            throw new CliException($"{option} {this}: cannot resolve host '{Host}': {ex.Message}");
         }
         IPAddress? chosen = addresses.FirstOrDefault(a => a.AddressFamily == AddressFamily.InterNetwork) ?? addresses.FirstOrDefault();
         return chosen is null
-            ? throw new CliException($"--listen {this}: host '{Host}' has no address")
+            ? throw new CliException($"{option} {this}: host '{Host}' has no address")
             : new IPEndPoint(chosen, Port);
     }
 

@@ -59,19 +59,21 @@ public static class Listeners
         }
         catch (SocketException ex)
         {
-            string cause = ex.SocketErrorCode switch
-            {
-                SocketError.AddressAlreadyInUse => $"port {endPoint.Port} on {endPoint.Address} is already in use by another program",
-                SocketError.AddressNotAvailable => $"{endPoint.Address} is not an address of this machine",
-                SocketError.AccessDenied => $"permission denied: ports below 1024 need root or CAP_NET_BIND_SERVICE",
-                SocketError.AddressFamilyNotSupported => $"{endPoint.AddressFamily} is not supported here",
-                _ => Describe(ex),
-            };
-            throw new CliException($"--listen {address}: {cause}");
+            throw new CliException($"--listen {address}: {BindFailure(ex, endPoint)}");
         }
         string host = bound.AddressFamily == AddressFamily.InterNetworkV6 ? $"[{bound.Address}]" : bound.Address.ToString();
         return $"nbd://{host}:{bound.Port}/{Uri.EscapeDataString(exportName)}";
     }
+
+    /// <summary>Why <paramref name="endPoint"/> could not be bound, in words, for a TCP listener's error line.</summary>
+    public static string BindFailure(SocketException ex, IPEndPoint endPoint) => ex.SocketErrorCode switch
+    {
+        SocketError.AddressAlreadyInUse => $"port {endPoint.Port} on {endPoint.Address} is already in use by another program",
+        SocketError.AddressNotAvailable => $"{endPoint.Address} is not an address of this machine",
+        SocketError.AccessDenied => $"permission denied: ports below 1024 need root or CAP_NET_BIND_SERVICE",
+        SocketError.AddressFamilyNotSupported => $"{endPoint.AddressFamily} is not supported here",
+        _ => Describe(ex),
+    };
 
     private static string Describe(SocketException ex) => ex.SocketErrorCode switch
     {

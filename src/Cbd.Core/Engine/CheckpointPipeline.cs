@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using Cbd.Core.Format;
 using Cbd.Core.Storage;
 
@@ -38,6 +39,7 @@ internal sealed class CheckpointPipeline
     private readonly DamageLog _damage;
     private readonly int _parallelism;
     private readonly CheckpointFault _fault;
+    private readonly EngineCounters _counters;
 
     private readonly SemaphoreSlim _checkpointLock = new(1, 1);
     /// <summary>The commit of the last checkpoint; each commit waits for the one before it.</summary>
@@ -52,8 +54,9 @@ internal sealed class CheckpointPipeline
     private volatile Exception? _failed;
 
     public CheckpointPipeline(IBackingStore store, LbatCache lbat, Allocator alloc, LblkCache cache, LblkIo io, UsedCounts used,
-        DeviceRecovery recovery, DamageLog damage, int parallelism, CheckpointFault fault)
+        DeviceRecovery recovery, DamageLog damage, int parallelism, CheckpointFault fault, EngineCounters counters)
     {
+        _counters = counters;
         _store = store;
         _lbat = lbat;
         _alloc = alloc;
@@ -135,11 +138,12 @@ internal sealed class CheckpointPipeline
             // Its failure, if any, is in _failed, which the stages below check.
             await _olderPublish.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
             long number = Interlocked.Increment(ref _checkpointsStarted);
+            long started = Stopwatch.GetTimestamp();
             var (batch, results) = await WriteDataAsync().ConfigureAwait(false);
             var publish = PublishAsync(_publish, batch, results);
             _olderPublish = _publish;
             _publish = publish;
-            commit = CommitAsync(_commit, publish, number);
+            commit = CommitAsync(_commit, publish, number, started);
             _commit = commit;
         }
         finally
@@ -260,7 +264,7 @@ internal sealed class CheckpointPipeline
     /// the old entries back, and they must still find their data. Entries a later checkpoint publishes
     /// meanwhile may go out with these lbat pblks: their data was made durable before they were published.
     /// </summary>
-    private async Task CommitAsync(Task previous, Task<List<ulong>> publish, long number)
+    private async Task CommitAsync(Task previous, Task<List<ulong>> publish, long number, long started)
     {
         var ct = CancellationToken.None;
         // A failure of either stage waited for is in _failed, checked next.
@@ -283,6 +287,7 @@ internal sealed class CheckpointPipeline
                 await _alloc.FreeAsync(freed, ct).ConfigureAwait(false);
             }
             Interlocked.Exchange(ref _checkpointsCompleted, number);
+            _counters.Checkpoints.ObserveSince(started);
         }
         catch (Exception e)
         {

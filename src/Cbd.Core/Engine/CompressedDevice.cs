@@ -56,8 +56,8 @@ public sealed partial class CompressedDevice : IBlockDevice
         _space = new SpacePromise(geometry);
         _used = new UsedCounts((long)header.LblkUsed, (long)header.PblkUsed);
         _recovery = new DeviceRecovery(geometry, store, alloc, _used, damage);
-        _io = new LblkIo(geometry, store, _lbat, alloc, _cache.Buffers, codec, _zeroDetect, crc, damage);
-        _pipeline = new CheckpointPipeline(store, _lbat, alloc, _cache, _io, _used, _recovery, damage, parallelism, options.Fault);
+        _io = new LblkIo(geometry, store, _lbat, alloc, _cache.Buffers, codec, _zeroDetect, crc, damage, Counters);
+        _pipeline = new CheckpointPipeline(store, _lbat, alloc, _cache, _io, _used, _recovery, damage, parallelism, options.Fault, Counters);
         _scheduler = new WriteBackScheduler(_cache, _pipeline, options.FlushDelay);
         _admission = new WriteAdmission(geometry, _cache, _io, alloc, _space, _used, _pipeline, _scheduler);
     }
@@ -79,6 +79,9 @@ public sealed partial class CompressedDevice : IBlockDevice
 
     /// <summary>True when open found the image not closed clean and rebuilt its pbats and stats.</summary>
     public bool Recovered { get; private set; }
+
+    /// <summary>Cache and checkpoint totals since open, for monitoring.</summary>
+    public EngineCounters Counters { get; } = new();
 
     /// <summary>
     /// Formats <paramref name="store"/> (its whole length is the physical size). Only the header and the

@@ -14,6 +14,7 @@ internal sealed class LblkIo
 {
     private readonly Geometry _geometry;
     private readonly IBackingStore _store;
+    private readonly EngineCounters _counters;
     private readonly LbatCache _lbat;
     private readonly Allocator _alloc;
     private readonly LblkBufferPool _buffers;
@@ -23,8 +24,9 @@ internal sealed class LblkIo
     private readonly DamageLog _damage;
     private readonly int _lblkSize;
 
-    public LblkIo(Geometry geometry, IBackingStore store, LbatCache lbat, Allocator alloc, LblkBufferPool buffers, Codec codec, bool zeroDetect, bool crc, DamageLog damage)
+    public LblkIo(Geometry geometry, IBackingStore store, LbatCache lbat, Allocator alloc, LblkBufferPool buffers, Codec codec, bool zeroDetect, bool crc, DamageLog damage, EngineCounters counters)
     {
+        _counters = counters;
         _geometry = geometry;
         _store = store;
         _lbat = lbat;
@@ -40,6 +42,7 @@ internal sealed class LblkIo
     /// <summary>Loads an lblk from the backing store into its cache entry. Caller holds the entry's lock.</summary>
     public async ValueTask EnsureLoadedAsync(CachedLblk entry, CancellationToken cancellationToken)
     {
+        _counters.CountLookup(entry.Loaded);
         if (entry.Loaded)
             return;
         LblkAlloc alloc;

@@ -1,0 +1,23 @@
+namespace Cbd.Core.Engine;
+
+/// <summary>
+/// Running totals of a <see cref="CompressedDevice"/> since it was opened, for monitoring beside the usage figures of
+/// <see cref="DeviceStats"/>: how often the lblk cache served an access, and the checkpoints that wrote dirty lblks back.
+/// Each update is one interlocked add; nothing here is persisted.
+/// </summary>
+public sealed class EngineCounters
+{
+    private long _cacheHits;
+    private long _cacheMisses;
+
+    /// <summary>Accesses to an lblk (a read, a partial write, a prefetch) that found it in the cache, decompressed.</summary>
+    public long CacheHits => Volatile.Read(ref _cacheHits);
+
+    /// <summary>Accesses to an lblk that had to look up its lblk_alloc entry and, when allocated, read and decompress it.</summary>
+    public long CacheMisses => Volatile.Read(ref _cacheMisses);
+
+    /// <summary>Checkpoints committed, each from the start of its write-back to its commit; its count is the number of checkpoints.</summary>
+    public DurationHistogram Checkpoints { get; } = new(DurationHistogram.CheckpointBounds);
+
+    internal void CountLookup(bool hit) => Interlocked.Increment(ref hit ? ref _cacheHits : ref _cacheMisses);
+}
