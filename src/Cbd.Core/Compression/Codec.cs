@@ -1,11 +1,18 @@
 using System.Buffers.Binary;
 using System.IO.Compression;
 using System.IO.Hashing;
-using Cbd.Core.Format;
 using K4os.Compression.LZ4;
 using ZstdSharp;
 
 namespace Cbd.Core.Compression;
+
+/// <summary>Compression algorithm ids, as stored in the header and in each compressed lblk's first byte.</summary>
+public enum CompressionAlgorithm : byte
+{
+    Lz4 = 1,
+    Zlib = 2,
+    Zstd = 3,
+}
 
 /// <summary>Valid levels per algorithm (docs/FORMAT.md, "Compression").</summary>
 public static class CodecLimits

@@ -1,3 +1,6 @@
+using Cbd.Core.Compression;
+using Cbd.Core.Storage;
+
 namespace Cbd.Core.Format;
 
 /// <summary>
@@ -119,7 +122,7 @@ public sealed class Geometry
     /// Reads and validates the header and geometry of the image on <paramref name="store"/>; throws
     /// <see cref="InvalidDataException"/> naming the field, its value and what was expected.
     /// </summary>
-    public static async ValueTask<Geometry> ReadAsync(Storage.IBackingStore store, CancellationToken cancellationToken = default)
+    public static async ValueTask<Geometry> ReadAsync(IBackingStore store, CancellationToken cancellationToken = default)
     {
         if (store.Length < Layout.HeaderSize)
             throw new InvalidDataException($"backing store: {store.Length} bytes, shorter than the {Layout.HeaderSize}-byte header");
@@ -154,7 +157,7 @@ public sealed class Geometry
             throw new ArgumentException($"flags: 0x{(ushort)flags:x4} has unknown bits 0x{(ushort)(flags & ~HeaderFlags.Known):x4}");
         try
         {
-            Compression.CodecLimits.Validate(algorithm, level, "requested");
+            CodecLimits.Validate(algorithm, level, "requested");
         }
         catch (InvalidDataException e)
         {

@@ -11,7 +11,7 @@ namespace Cbd.Core.Format;
 /// Length field: 0 = unallocated (every other byte of the entry is zero; the lblk reads as zeros);
 /// all ones (0xFFFF / 0xFFFFFFFF) = stored uncompressed in all <see cref="PblksPerLblk"/> pblks;
 /// otherwise the stored byte count of a compressed lblk, 2 .. lblk size - 4096, whose first stored
-/// byte is the <see cref="CompressionAlgorithm"/> id; it fills the first ceil(length / 4096) pblk
+/// byte is the <see cref="Compression.CompressionAlgorithm"/> id; it fills the first ceil(length / 4096) pblk
 /// slots and the rest are zero. Entries never straddle a 512-byte sector of the lbat (see
 /// <see cref="EntriesPerSector"/>), so a torn lbat write leaves each entry old or new.
 /// </remarks>
