@@ -41,7 +41,7 @@ internal static class StoreIo
             long pageOffset = group.Key * Layout.PblkSize;
             await ReadClampedAsync(store, pageOffset, page, cancellationToken).ConfigureAwait(false);
             foreach (var (offset, entry) in group)
-                geometry.Alloc.Write(page.AsSpan((int)(offset - pageOffset)), entry.Pblks, entry.Length, entry.Crc);
+                entry.Encode(geometry.Alloc, page.AsSpan((int)(offset - pageOffset)));
             await store.WriteAsync(pageOffset, page, cancellationToken).ConfigureAwait(false);
         }
     }
