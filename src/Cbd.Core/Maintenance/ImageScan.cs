@@ -425,42 +425,33 @@ internal sealed class ImageScan
     private async Task ComparePbatsAsync(CancellationToken cancellationToken)
     {
         var g = Geometry!;
-        byte[] disk = new byte[Layout.PblkSize];
-        byte[] mine = new byte[Layout.PblkSize];
+        byte[] disk = new byte[PbatLayout.Bytes];
+        byte[] mine = new byte[PbatLayout.Bytes];
         long differing = 0;
         for (uint zone = 0; zone < g.NrZones; zone++)
         {
-            await StoreIo.ReadClampedAsync(_store, (long)g.ZoneStart(zone) * Layout.PblkSize, disk, cancellationToken).ConfigureAwait(false);
+            await PbatLayout.ReadAsync(_store, g, zone, disk, cancellationToken).ConfigureAwait(false);
             Claims[zone].Store(mine);
             if (disk.AsSpan().SequenceEqual(mine))
                 continue;
             int dataPblks = g.DataPblks(zone);
-            int pastData = 0;
             // Runs of neighbouring bits wrong the same way make one problem each: a cleared lblk leaks a run.
-            (int Start, int Count, bool Marked)? run = null;
-            for (int bit = 0; bit < Layout.PblksPerZoneData; bit++)
+            for (int bit = 0; bit < dataPblks;)
             {
-                bool marked = (disk[bit >> 3] & (1 << (bit & 7))) != 0;
-                bool used = (mine[bit >> 3] & (1 << (bit & 7))) != 0;
-                if (marked == used)
-                    continue;
-                differing++;
-                if (bit >= dataPblks)
+                int run = PbatLayout.DifferingRun(disk, mine, bit, dataPblks);
+                if (run == 0)
                 {
-                    pastData++;
+                    bit++;
                     continue;
                 }
-                if (run is { } r && r.Marked == marked && r.Start + r.Count == bit)
-                {
-                    run = r with { Count = r.Count + 1 };
-                    continue;
-                }
-                if (run is { } done)
-                    ReportPbatRun(zone, done.Start, done.Count, done.Marked);
-                run = (bit, 1, marked);
+                differing += run;
+                ReportPbatRun(zone, bit, run, marked: PbatLayout.IsSet(disk, bit));
+                bit += run;
             }
-            if (run is { } last)
-                ReportPbatRun(zone, last.Start, last.Count, last.Marked);
+            int pastData = 0;
+            for (int bit = dataPblks; bit < PbatLayout.Bits; bit++)
+                pastData += PbatLayout.IsSet(disk, bit) != PbatLayout.IsSet(mine, bit) ? 1 : 0;
+            differing += pastData;
             if (pastData > 0 && IsClean)
             {
                 Report(CheckProblemKind.PbatBitsPastData, $"zone {zone} pbat: {pastData} bits set past its {dataPblks} data pblks", zone: zone,
