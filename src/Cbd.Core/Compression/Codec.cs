@@ -14,7 +14,7 @@ public enum CompressionAlgorithm : byte
     Zstd = 3,
 }
 
-/// <summary>Valid levels per algorithm (docs/FORMAT.md, "Compression").</summary>
+/// <summary>Valid levels per algorithm (docs/FORMAT.md, "Header": the level field).</summary>
 public static class CodecLimits
 {
     public static (int Min, int Max, int Default) Levels(CompressionAlgorithm algorithm) => algorithm switch

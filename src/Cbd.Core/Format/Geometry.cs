@@ -81,10 +81,10 @@ public sealed class Geometry
     {
         if (header.NrPhysicalSectors % Layout.SectorsPerPblk != 0)
             throw new InvalidDataException($"nr_physical_sectors: {header.NrPhysicalSectors}, expected a multiple of {Layout.SectorsPerPblk} (whole 4 KiB pblks)");
-        if (header.LblkShift > 15)
-            throw new InvalidDataException($"lblk_shift: {header.LblkShift}, expected 0..15");
+        if (header.LblkShift > Layout.MaxHeaderLblkShift)
+            throw new InvalidDataException($"lblk_shift: {header.LblkShift}, expected 0..{Layout.MaxHeaderLblkShift}");
         ulong nrPblks = header.NrPhysicalSectors / Layout.SectorsPerPblk;
-        if (nrPblks > 1UL << 48)
+        if (nrPblks > Layout.MaxPblks)
             throw new InvalidDataException($"nr_physical_sectors: {header.NrPhysicalSectors}, expected at most 2^48 pblks");
         bool crc = header.Flags.HasFlag(HeaderFlags.LblkCrc);
         int maxShift = LblkAllocFormat.MaxLblkShift(nrPblks, crc);
@@ -165,7 +165,7 @@ public sealed class Geometry
         }
         int shift = int.Log2(lblkSize / Layout.PblkSize);
         ulong nrPblks = (ulong)(physicalBytes / Layout.PblkSize);
-        if (nrPblks > 1UL << 48)
+        if (nrPblks > Layout.MaxPblks)
             throw new ArgumentException($"physical size {physicalBytes}: the format holds at most 2^48 pblks (1 EiB)");
         bool crc = flags.HasFlag(HeaderFlags.LblkCrc);
         int maxShift = LblkAllocFormat.MaxLblkShift(nrPblks, crc);
