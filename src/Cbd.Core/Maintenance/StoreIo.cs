@@ -1,4 +1,3 @@
-using Cbd.Core.Engine;
 using Cbd.Core.Format;
 using Cbd.Core.Storage;
 
