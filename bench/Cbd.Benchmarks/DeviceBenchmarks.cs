@@ -1,5 +1,6 @@
 using BenchmarkDotNet.Attributes;
 using Cbd.Core.Engine;
+using Cbd.Core.Format;
 using Cbd.Core.Storage;
 
 namespace Cbd.Benchmarks;

@@ -124,7 +124,7 @@ public static class ImageFiles
         }
         try
         {
-            await CompressedDevice.FormatAsync(store, format, cancellationToken).ConfigureAwait(false);
+            await ImageFormatter.FormatAsync(store, format, cancellationToken).ConfigureAwait(false);
             return await CompressedDevice.OpenAsync(store, options, cancellationToken).ConfigureAwait(false);
         }
         catch (Exception e)

@@ -1,3 +1,4 @@
+using Cbd.Core.Compression;
 using Cbd.Core.Format;
 
 namespace Cbd.Cli.Tests;

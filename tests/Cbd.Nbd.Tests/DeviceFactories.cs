@@ -1,4 +1,5 @@
 using Cbd.Core.Engine;
+using Cbd.Core.Format;
 using Cbd.Core.Storage;
 
 namespace Cbd.Nbd.Tests;

@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using Cbd.Core.Engine;
+using Cbd.Core.Format;
 using Cbd.Core.Storage;
 using static Cbd.Nbd.Tests.RawNbdClient;
 

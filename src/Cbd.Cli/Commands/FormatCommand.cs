@@ -116,7 +116,7 @@ public static class FormatCommand
         try
         {
             // A new sparse file: only the header and the metadata pblks are written, at once.
-            header = await CompressedDevice.FormatAsync(store, options, cancellationToken).ConfigureAwait(false);
+            header = await ImageFormatter.FormatAsync(store, options, cancellationToken).ConfigureAwait(false);
         }
         catch
         {
@@ -152,7 +152,7 @@ public static class FormatCommand
         if (!store.IsBlockDevice)
         {
             await EmptyAsync(path, store, physical, cancellationToken).ConfigureAwait(false);
-            return await CompressedDevice.FormatAsync(store, options, cancellationToken).ConfigureAwait(false);
+            return await ImageFormatter.FormatAsync(store, options, cancellationToken).ConfigureAwait(false);
         }
 
         // A block device has zeros written over every zone's metadata, which takes a while on a large one.
@@ -161,7 +161,7 @@ public static class FormatCommand
         return await Terminal.WithProgressAsync(quiet, $"formatting {Path.GetFileName(path)}", total, async progress =>
         {
             await using var counting = new CountingStore(store, progress);
-            return await CompressedDevice.FormatAsync(counting, options, cancellationToken).ConfigureAwait(false);
+            return await ImageFormatter.FormatAsync(counting, options, cancellationToken).ConfigureAwait(false);
         }).ConfigureAwait(false);
     }
 
@@ -189,7 +189,7 @@ public static class FormatCommand
     }
 
     /// <summary>The default logical size: 3 x the physical size, in whole pblks.</summary>
-    public static long DefaultLogical(long physical) => physical / Layout.PblkSize * Layout.PblkSize * 3;
+    public static long DefaultLogical(long physical) => physical / Layout.PblkSize * Layout.PblkSize * ImageFormatter.DefaultLogicalFactor;
 
     /// <summary>
     /// Plans the image before anything is touched. A refusal names the option at fault and the limit in human units:
@@ -256,10 +256,7 @@ public static class FormatCommand
         error = "";
         try
         {
-            int level = options.Level ?? CodecLimits.Levels(options.Algorithm).Default;
-            long logical = options.LogicalSize ?? DefaultLogical(physical);
-            var flags = (options.ZeroDetect ? HeaderFlags.ZeroDetect : 0) | (options.LblkChecksums ? HeaderFlags.LblkCrc : 0);
-            header = Geometry.Plan(physical, logical, options.LblkSize, options.Algorithm, level, flags, options.MaxLogicalSize);
+            header = ImageFormatter.Plan(physical, options);
             return true;
         }
         catch (ArgumentException e)

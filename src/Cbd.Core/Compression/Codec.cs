@@ -1,13 +1,20 @@
 using System.Buffers.Binary;
 using System.IO.Compression;
 using System.IO.Hashing;
-using Cbd.Core.Format;
 using K4os.Compression.LZ4;
 using ZstdSharp;
 
 namespace Cbd.Core.Compression;
 
-/// <summary>Valid levels per algorithm (docs/FORMAT.md, "Compression").</summary>
+/// <summary>Compression algorithm ids, as stored in the header and in each compressed lblk's first byte.</summary>
+public enum CompressionAlgorithm : byte
+{
+    Lz4 = 1,
+    Zlib = 2,
+    Zstd = 3,
+}
+
+/// <summary>Valid levels per algorithm (docs/FORMAT.md, "Header": the level field).</summary>
 public static class CodecLimits
 {
     public static (int Min, int Max, int Default) Levels(CompressionAlgorithm algorithm) => algorithm switch

@@ -1,5 +1,4 @@
 using System.Runtime.InteropServices;
-using Cbd.Core.Format;
 
 namespace Cbd.Core.Compression;
 

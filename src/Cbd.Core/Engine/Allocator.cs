@@ -145,7 +145,7 @@ internal sealed class Allocator
     /// </summary>
     public async ValueTask ApplyClaimsAsync(PblkClaims claims, bool rebuild, CancellationToken cancellationToken)
     {
-        byte[] page = ArrayPool<byte>.Shared.Rent(Layout.PblkSize);
+        byte[] page = ArrayPool<byte>.Shared.Rent(PbatLayout.Bytes);
         await _pbatLock.WaitAsync(cancellationToken).ConfigureAwait(false);
         try
         {
@@ -216,7 +216,7 @@ internal sealed class Allocator
     /// <summary>Writes every changed pbat.</summary>
     public async ValueTask WriteDirtyAsync(CancellationToken cancellationToken)
     {
-        byte[] page = ArrayPool<byte>.Shared.Rent(Layout.PblkSize);
+        byte[] page = ArrayPool<byte>.Shared.Rent(PbatLayout.Bytes);
         await _pbatLock.WaitAsync(cancellationToken).ConfigureAwait(false);
         try
         {
@@ -225,7 +225,7 @@ internal sealed class Allocator
                 if (!pbat.Dirty)
                     continue;
                 pbat.Store(page);
-                await _store.WriteAsync((long)_geometry.ZoneStart(zone) * Layout.PblkSize, page.AsMemory(0, Layout.PblkSize), cancellationToken).ConfigureAwait(false);
+                await PbatLayout.WriteAsync(_store, _geometry, zone, page, cancellationToken).ConfigureAwait(false);
                 pbat.Dirty = false;
             }
         }
@@ -241,7 +241,7 @@ internal sealed class Allocator
         if (_pbats.TryGetValue(zone, out var pbat))
             return pbat;
         pbat = new Pbat(_geometry.DataPblks(zone));
-        byte[] page = ArrayPool<byte>.Shared.Rent(Layout.PblkSize);
+        byte[] page = ArrayPool<byte>.Shared.Rent(PbatLayout.Bytes);
         try
         {
             await LoadAsync(zone, pbat, page, cancellationToken).ConfigureAwait(false);
@@ -257,8 +257,8 @@ internal sealed class Allocator
     /// <summary>Reads a zone's pbat; bits past its data pblks name no pblk and are cleared (logged), never fatal.</summary>
     private async ValueTask LoadAsync(uint zone, Pbat pbat, byte[] page, CancellationToken cancellationToken)
     {
-        await _store.ReadAsync((long)_geometry.ZoneStart(zone) * Layout.PblkSize, page.AsMemory(0, Layout.PblkSize), cancellationToken).ConfigureAwait(false);
-        pbat.Load(page.AsSpan(0, Layout.PblkSize));
+        await _store.ReadAsync(PbatLayout.Offset(_geometry, zone), page.AsMemory(0, PbatLayout.Bytes), cancellationToken).ConfigureAwait(false);
+        pbat.Load(page.AsSpan(0, PbatLayout.Bytes));
         int beyond = pbat.ClearBeyondData();
         if (beyond > 0)
             _log($"zone {zone} pbat: {beyond} bits set past its {pbat.DataPblks} data pblks; cleared");

@@ -4,27 +4,6 @@ using Cbd.Core.Storage;
 
 namespace Cbd.Core.Engine;
 
-/// <summary>One lblk_alloc entry, decoded.</summary>
-internal readonly struct LblkAlloc
-{
-    public LblkAlloc(uint length, uint crc, ulong[] pblks)
-    {
-        Length = length;
-        Crc = crc;
-        Pblks = pblks;
-    }
-
-    /// <summary>The length field: 0 unallocated, all ones uncompressed, else stored bytes.</summary>
-    public uint Length { get; }
-    public uint Crc { get; }
-
-    /// <summary>The pblks in use, in order (unused slots dropped).</summary>
-    public ulong[] Pblks { get; }
-    public bool IsAllocated => Length != 0;
-
-    public static LblkAlloc Unallocated { get; } = new(0, 0, []);
-}
-
 /// <summary>
 /// Cached lbat pblks. A page is loaded once (under its own lock) and changed only by write-back, one
 /// checkpoint at a time, while the previous checkpoint's commit may be writing pages out; a page with
@@ -44,52 +23,45 @@ internal sealed class LbatCache(Geometry geometry, IBackingStore store, int maxC
         public long LastUse;
     }
 
+    // An entry fits in a 512-byte sector, so it never has more than 256 pblk slots (16-bit numbers).
+    private const int MaxStackSlots = Layout.SectorSize / sizeof(ushort);
+
     private readonly ConcurrentDictionary<ulong, Page> _pages = new();
     private long _clock;
 
-    /// <summary>Reads lblk's entry; throws <see cref="InvalidDataException"/> for an entry that cannot be valid.</summary>
+    /// <summary>
+    /// Reads lblk's entry into an array of its own; throws <see cref="InvalidDataException"/> naming the
+    /// field for an entry that cannot be valid (<see cref="LblkAlloc.TryValidate"/>).
+    /// </summary>
     public async ValueTask<LblkAlloc> ReadAsync(ulong lblk, CancellationToken cancellationToken)
     {
         var (page, offset) = await GetPageAsync(lblk, cancellationToken).ConfigureAwait(false);
         var format = geometry.Alloc;
-        Span<ulong> slots = format.PblksPerLblk <= 256 ? stackalloc ulong[format.PblksPerLblk] : new ulong[format.PblksPerLblk];
+        Span<ulong> slots = format.PblksPerLblk <= MaxStackSlots ? stackalloc ulong[format.PblksPerLblk] : new ulong[format.PblksPerLblk];
         uint length, crc;
         lock (page)
             format.Read(page.Data.AsSpan(offset), slots, out length, out crc);
-        return Decode(geometry, lblk, slots, length, crc);
+        if (!LblkAlloc.TryValidate(geometry, length, crc, slots, out int used, out var error))
+            throw new InvalidDataException(error.Describe(geometry, lblk));
+        return used == 0 ? LblkAlloc.Unallocated : new LblkAlloc(length, crc, slots[..used].ToArray());
     }
 
-    /// <summary>Validates and decodes raw entry fields (shared with the checker).</summary>
-    public static LblkAlloc Decode(Geometry geometry, ulong lblk, ReadOnlySpan<ulong> slots, uint length, uint crc)
+    /// <summary>
+    /// Reads lblk's entry without allocating: the pblk numbers go to <paramref name="slots"/> (at least
+    /// <see cref="LblkAllocFormat.PblksPerLblk"/> long, e.g. pooled), which the result refers to. Throws
+    /// <see cref="InvalidDataException"/> naming the field for an entry that cannot be valid.
+    /// </summary>
+    public async ValueTask<LblkAlloc> ReadAsync(ulong lblk, Memory<ulong> slots, CancellationToken cancellationToken)
     {
-        var format = geometry.Alloc;
-        if (length == 0)
-        {
-            if (slots.ContainsAnyExcept(0UL) || crc != 0)
-                throw new InvalidDataException($"lblk {lblk}: unallocated entry with non-zero pblk or crc fields");
-            return LblkAlloc.Unallocated;
-        }
-        if (format.CheckLength(length) is { } why)
-            throw new InvalidDataException($"lblk {lblk}: lblk_alloc {why}");
-        int used = format.PblksFor(length);
-        var pblks = new ulong[used];
-        for (int i = 0; i < slots.Length; i++)
-        {
-            if (i < used)
-            {
-                if (!geometry.TryLocateDataPblk(slots[i], out _, out _))
-                    throw new InvalidDataException($"lblk {lblk}: lblk_alloc pblk[{i}] = {slots[i]} is not a data pblk of the device");
-                int twice = slots[..i].IndexOf(slots[i]);
-                if (twice >= 0)
-                    throw new InvalidDataException($"lblk {lblk}: lblk_alloc pblk[{twice}] and pblk[{i}] are both {slots[i]}");
-                pblks[i] = slots[i];
-            }
-            else if (slots[i] != 0)
-            {
-                throw new InvalidDataException($"lblk {lblk}: lblk_alloc pblk[{i}] = {slots[i]}, expected 0 past the {used} pblks of length {length}");
-            }
-        }
-        return new LblkAlloc(length, crc, pblks);
+        var (page, offset) = await GetPageAsync(lblk, cancellationToken).ConfigureAwait(false);
+        bool valid;
+        LblkAlloc alloc;
+        LblkAllocError error;
+        lock (page)
+            valid = LblkAlloc.TryDecode(geometry, page.Data.AsSpan(offset), slots, out alloc, out error);
+        if (!valid)
+            throw new InvalidDataException(error.Describe(geometry, lblk));
+        return alloc;
     }
 
     /// <summary>Replaces lblk's entry in memory; the page is written by <see cref="WriteDirtyAsync"/>.</summary>
@@ -103,7 +75,7 @@ internal sealed class LbatCache(Geometry geometry, IBackingStore store, int maxC
                 // A commit trimming clean pages may have dropped this one since it was looked up.
                 if (page.Removed)
                     continue;
-                geometry.Alloc.Write(page.Data.AsSpan(offset), entry.Pblks, entry.Length, entry.Crc);
+                entry.Encode(geometry.Alloc, page.Data.AsSpan(offset));
                 page.Dirty = true;
                 return;
             }

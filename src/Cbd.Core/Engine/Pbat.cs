@@ -1,15 +1,15 @@
-using System.Buffers.Binary;
 using System.Numerics;
+using Cbd.Core.Format;
 
 namespace Cbd.Core.Engine;
 
 /// <summary>
-/// One zone's physical block allocation table: bit i set = data pblk i of the zone is in use. Bit i is
-/// bit (i % 8) of byte i / 8 on disk. Not thread-safe: the <see cref="Allocator"/> serializes access.
+/// One zone's physical block allocation table in memory: bit i set = data pblk i of the zone is in use.
+/// The bytes on disk are <see cref="PbatLayout"/>'s. Not thread-safe: the <see cref="Allocator"/> serializes access.
 /// </summary>
 internal sealed class Pbat
 {
-    private readonly ulong[] _words = new ulong[Format.Layout.PblksPerZoneData / 64];
+    private readonly ulong[] _words = new ulong[PbatLayout.Words];
     private int _searchFrom;
 
     public Pbat(int dataPblks)
@@ -111,14 +111,7 @@ internal sealed class Pbat
 
     public void Load(ReadOnlySpan<byte> page)
     {
-        int used = 0;
-        for (int w = 0; w < _words.Length; w++)
-        {
-            ulong word = BinaryPrimitives.ReadUInt64LittleEndian(page[(w * 8)..]);
-            _words[w] = word;
-            used += BitOperations.PopCount(word);
-        }
-        Free = DataPblks - used;
+        Free = DataPblks - PbatLayout.ReadWords(page, _words);
         _searchFrom = 0;
         Dirty = false;
     }
@@ -127,7 +120,7 @@ internal sealed class Pbat
     public int BitsBeyondData()
     {
         int n = 0;
-        for (int bit = DataPblks; bit < Format.Layout.PblksPerZoneData; bit++)
+        for (int bit = DataPblks; bit < PbatLayout.Bits; bit++)
             n += IsSet(bit) ? 1 : 0;
         return n;
     }
@@ -138,7 +131,7 @@ internal sealed class Pbat
         int n = BitsBeyondData();
         if (n == 0)
             return 0;
-        for (int bit = DataPblks; bit < Format.Layout.PblksPerZoneData; bit++)
+        for (int bit = DataPblks; bit < PbatLayout.Bits; bit++)
             _words[bit >> 6] &= ~(1UL << bit);
         Recount();
         Dirty = true;
@@ -190,8 +183,7 @@ internal sealed class Pbat
 
     public void Store(Span<byte> page)
     {
-        for (int w = 0; w < _words.Length; w++)
-            BinaryPrimitives.WriteUInt64LittleEndian(page[(w * 8)..], _words[w]);
+        PbatLayout.WriteWords(_words, page);
     }
 
     public void ClearAll()

@@ -54,14 +54,9 @@ internal sealed class PblkClaims
         // Entries past the logical end are never read or written; check reports and repair zeroes them.
         if (lblk >= _geometry.NrLblks)
             return;
-        LblkAlloc alloc;
-        try
+        if (!LblkAlloc.TryValidate(_geometry, length, crc, slots, out int used, out var error))
         {
-            alloc = LbatCache.Decode(_geometry, lblk, slots, length, crc);
-        }
-        catch (InvalidDataException e)
-        {
-            Invalid.Add((lblk, e.Message));
+            Invalid.Add((lblk, error.Describe(_geometry, lblk)));
             int seen = 0;
             foreach (ulong pblk in slots)
             {
@@ -72,9 +67,11 @@ internal sealed class PblkClaims
             }
             return;
         }
+        if (used == 0)
+            return;
         LblksUsed++;
-        PblksUsed += alloc.Pblks.Length;
-        foreach (ulong pblk in alloc.Pblks)
+        PblksUsed += used;
+        foreach (ulong pblk in slots[..used])
             Claim(pblk);
     }
 

@@ -1,3 +1,6 @@
+using Cbd.Core.Compression;
+using Cbd.Core.Storage;
+
 namespace Cbd.Core.Format;
 
 /// <summary>
@@ -78,10 +81,10 @@ public sealed class Geometry
     {
         if (header.NrPhysicalSectors % Layout.SectorsPerPblk != 0)
             throw new InvalidDataException($"nr_physical_sectors: {header.NrPhysicalSectors}, expected a multiple of {Layout.SectorsPerPblk} (whole 4 KiB pblks)");
-        if (header.LblkShift > 15)
-            throw new InvalidDataException($"lblk_shift: {header.LblkShift}, expected 0..15");
+        if (header.LblkShift > Layout.MaxHeaderLblkShift)
+            throw new InvalidDataException($"lblk_shift: {header.LblkShift}, expected 0..{Layout.MaxHeaderLblkShift}");
         ulong nrPblks = header.NrPhysicalSectors / Layout.SectorsPerPblk;
-        if (nrPblks > 1UL << 48)
+        if (nrPblks > Layout.MaxPblks)
             throw new InvalidDataException($"nr_physical_sectors: {header.NrPhysicalSectors}, expected at most 2^48 pblks");
         bool crc = header.Flags.HasFlag(HeaderFlags.LblkCrc);
         int maxShift = LblkAllocFormat.MaxLblkShift(nrPblks, crc);
@@ -119,7 +122,7 @@ public sealed class Geometry
     /// Reads and validates the header and geometry of the image on <paramref name="store"/>; throws
     /// <see cref="InvalidDataException"/> naming the field, its value and what was expected.
     /// </summary>
-    public static async ValueTask<Geometry> ReadAsync(Storage.IBackingStore store, CancellationToken cancellationToken = default)
+    public static async ValueTask<Geometry> ReadAsync(IBackingStore store, CancellationToken cancellationToken = default)
     {
         if (store.Length < Layout.HeaderSize)
             throw new InvalidDataException($"backing store: {store.Length} bytes, shorter than the {Layout.HeaderSize}-byte header");
@@ -154,7 +157,7 @@ public sealed class Geometry
             throw new ArgumentException($"flags: 0x{(ushort)flags:x4} has unknown bits 0x{(ushort)(flags & ~HeaderFlags.Known):x4}");
         try
         {
-            Compression.CodecLimits.Validate(algorithm, level, "requested");
+            CodecLimits.Validate(algorithm, level, "requested");
         }
         catch (InvalidDataException e)
         {
@@ -162,7 +165,7 @@ public sealed class Geometry
         }
         int shift = int.Log2(lblkSize / Layout.PblkSize);
         ulong nrPblks = (ulong)(physicalBytes / Layout.PblkSize);
-        if (nrPblks > 1UL << 48)
+        if (nrPblks > Layout.MaxPblks)
             throw new ArgumentException($"physical size {physicalBytes}: the format holds at most 2^48 pblks (1 EiB)");
         bool crc = flags.HasFlag(HeaderFlags.LblkCrc);
         int maxShift = LblkAllocFormat.MaxLblkShift(nrPblks, crc);

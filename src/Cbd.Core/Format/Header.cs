@@ -1,5 +1,7 @@
 using System.Buffers.Binary;
 using System.IO.Hashing;
+using Cbd.Core.Compression;
+using Cbd.Core.Storage;
 
 namespace Cbd.Core.Format;
 
@@ -19,14 +21,6 @@ public enum HeaderFlags : ushort
     LblkCrc = 1 << 2,
 
     Known = Dirty | ZeroDetect | LblkCrc,
-}
-
-/// <summary>Compression algorithm ids, as stored in the header and in each compressed lblk's first byte.</summary>
-public enum CompressionAlgorithm : byte
-{
-    Lz4 = 1,
-    Zlib = 2,
-    Zstd = 3,
 }
 
 /// <summary>
@@ -108,7 +102,7 @@ public sealed record Header
     /// Writes the header to pblk 0 of <paramref name="store"/> and makes it durable before returning.
     /// Only the first sector holds fields, so this is one atomic sector write; the rest of pblk 0 stays zero.
     /// </summary>
-    public async ValueTask WriteAsync(Storage.IBackingStore store, CancellationToken cancellationToken = default)
+    public async ValueTask WriteAsync(IBackingStore store, CancellationToken cancellationToken = default)
     {
         byte[] page = new byte[Layout.HeaderSize];
         Write(page);
@@ -144,7 +138,7 @@ public sealed record Header
 
         var algorithm = (CompressionAlgorithm)source[Offsets.Algorithm];
         byte level = source[Offsets.Level];
-        Compression.CodecLimits.Validate(algorithm, level, "header");
+        CodecLimits.Validate(algorithm, level, "header");
 
         int reserved = source[Offsets.Reserved1E..Offsets.NrZones].IndexOfAnyExcept((byte)0);
         if (reserved >= 0)
@@ -173,5 +167,5 @@ public sealed record Header
         return true;
     }
 
-    private static uint Crc32C(ReadOnlySpan<byte> data) => Compression.Checksums.Crc32C(data);
+    private static uint Crc32C(ReadOnlySpan<byte> data) => Checksums.Crc32C(data);
 }

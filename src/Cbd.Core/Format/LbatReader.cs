@@ -22,30 +22,44 @@ public static class LbatReader
     /// is examined as far as it goes). Whole sectors of zeros are skipped without decoding, so a sparse
     /// lbat costs about its reading.
     /// </summary>
-    public static async ValueTask ForEachEntryAsync(IBackingStore store, Geometry geometry, uint zone, EntryVisitor visit,
+    public static ValueTask ForEachEntryAsync(IBackingStore store, Geometry geometry, uint zone, EntryVisitor visit,
+        CancellationToken cancellationToken = default) =>
+        ForEachEntryAsync(store, geometry, zone, 0, geometry.LblkPerZone, visit, cancellationToken);
+
+    /// <summary>
+    /// As <see cref="ForEachEntryAsync(IBackingStore, Geometry, uint, EntryVisitor, CancellationToken)"/>, for the
+    /// entries of indexes <paramref name="from"/> .. <paramref name="to"/> - 1 of the zone only: only the lbat
+    /// pblks that hold them are read.
+    /// </summary>
+    public static async ValueTask ForEachEntryAsync(IBackingStore store, Geometry geometry, uint zone, long from, long to, EntryVisitor visit,
         CancellationToken cancellationToken = default)
     {
         var format = geometry.Alloc;
-        long lbatBytes = (long)geometry.LbatPblks * Layout.PblkSize;
+        to = Math.Min(to, geometry.LblkPerZone);
+        if (from >= to)
+            return;
         long lbatOffset = (long)geometry.LbatStart(zone) * Layout.PblkSize;
+        // Whole pblks from the one holding the first entry wanted to the one holding the last.
+        long start = format.EntryOffset(from) / Layout.PblkSize * Layout.PblkSize;
+        long end = Math.Min((long)geometry.LbatPblks * Layout.PblkSize,
+            (format.EntryOffset(to - 1) + format.EntrySize + Layout.PblkSize - 1) / Layout.PblkSize * Layout.PblkSize);
         int entriesPerSector = format.EntriesPerSector;
         ulong firstLblk = (ulong)zone * geometry.LblkPerZone;
-        long entries = geometry.LblkPerZone;
-        byte[] chunk = ArrayPool<byte>.Shared.Rent((int)Math.Min(ChunkBytes, lbatBytes));
+        byte[] chunk = ArrayPool<byte>.Shared.Rent((int)Math.Min(ChunkBytes, end - start));
         ulong[] slots = ArrayPool<ulong>.Shared.Rent(format.PblksPerLblk);
         try
         {
-            long at = 0;
-            while (at < lbatBytes)
+            long at = start;
+            while (at < end)
             {
                 // Holes of a sparse backing file read as zeros, which hold no entry: skipped, not read.
                 long data = store.NextDataOffset(lbatOffset + at) - lbatOffset;
-                if (data >= lbatBytes)
+                if (data >= end)
                     break;
                 at = Math.Max(at, data / Layout.PblkSize * Layout.PblkSize);
-                int length = (int)Math.Min(ChunkBytes, lbatBytes - at);
+                int length = (int)Math.Min(ChunkBytes, end - at);
                 await store.ReadClampedAsync(lbatOffset + at, chunk.AsMemory(0, length), cancellationToken).ConfigureAwait(false);
-                VisitChunk(chunk.AsSpan(0, length), at / Layout.SectorSize * entriesPerSector, entries, firstLblk, format, slots, visit);
+                VisitChunk(chunk.AsSpan(0, length), at / Layout.SectorSize * entriesPerSector, from, to, firstLblk, format, slots, visit);
                 at += length;
             }
         }
@@ -56,7 +70,7 @@ public static class LbatReader
         }
     }
 
-    private static void VisitChunk(ReadOnlySpan<byte> chunk, long firstIndex, long entries, ulong firstLblk, LblkAllocFormat format,
+    private static void VisitChunk(ReadOnlySpan<byte> chunk, long firstIndex, long from, long to, ulong firstLblk, LblkAllocFormat format,
         ulong[] slots, EntryVisitor visit)
     {
         int perSector = format.EntriesPerSector;
@@ -64,13 +78,15 @@ public static class LbatReader
         for (int sector = 0; sector * Layout.SectorSize < chunk.Length; sector++)
         {
             long index = firstIndex + (long)sector * perSector;
-            if (index >= entries)
+            if (index >= to)
                 return;
             var bytes = chunk.Slice(sector * Layout.SectorSize, Layout.SectorSize);
             if (!bytes.ContainsAnyExcept((byte)0))
                 continue;
-            for (int k = 0; k < perSector && index + k < entries; k++)
+            for (int k = 0; k < perSector && index + k < to; k++)
             {
+                if (index + k < from)
+                    continue;
                 var entry = bytes.Slice(k * format.EntrySize, format.EntrySize);
                 if (!entry.ContainsAnyExcept((byte)0))
                     continue;

@@ -11,15 +11,19 @@ namespace Cbd.Core.Format;
 /// Length field: 0 = unallocated (every other byte of the entry is zero; the lblk reads as zeros);
 /// all ones (0xFFFF / 0xFFFFFFFF) = stored uncompressed in all <see cref="PblksPerLblk"/> pblks;
 /// otherwise the stored byte count of a compressed lblk, 2 .. lblk size - 4096, whose first stored
-/// byte is the <see cref="CompressionAlgorithm"/> id; it fills the first ceil(length / 4096) pblk
+/// byte is the <see cref="Compression.CompressionAlgorithm"/> id; it fills the first ceil(length / 4096) pblk
 /// slots and the rest are zero. Entries never straddle a 512-byte sector of the lbat (see
 /// <see cref="EntriesPerSector"/>), so a torn lbat write leaves each entry old or new.
 /// </remarks>
 public sealed class LblkAllocFormat
 {
+    // Shifts up to this keep 1 << shift an int; the format's own bound (Layout.MaxHeaderLblkShift) is far lower,
+    // but MaxLblkShift and the checker build encodings for any header value to find out.
+    private const int MaxShiftInArithmetic = 30;
+
     public LblkAllocFormat(int lblkShift, ulong nrPblks, bool withCrc)
     {
-        if (lblkShift < 0 || lblkShift > 30)
+        if (lblkShift < 0 || lblkShift > MaxShiftInArithmetic)
             throw new ArgumentOutOfRangeException(nameof(lblkShift));
         LblkShift = lblkShift;
         LengthBits = lblkShift <= Layout.MaxShiftForLength16 ? 16 : 32;
@@ -53,13 +57,13 @@ public sealed class LblkAllocFormat
 
     public string Name => $"lblk_alloc_{LengthBits}_{PblkBits}";
 
-    public static int PblkBitsFor(ulong nrPblks) => nrPblks <= 1UL << 16 ? 16 : nrPblks <= 1UL << 32 ? 32 : 48;
+    public static int PblkBitsFor(ulong nrPblks) => nrPblks <= 1UL << 16 ? 16 : nrPblks <= 1UL << 32 ? 32 : Layout.MaxPblkBits;
 
     /// <summary>The largest lblk shift the format allows for a device of <paramref name="nrPblks"/> pblks.</summary>
     public static int MaxLblkShift(ulong nrPblks, bool withCrc)
     {
         int max = -1;
-        for (int shift = 0; shift <= 15; shift++)
+        for (int shift = Layout.MinLblkShift; shift <= Layout.MaxHeaderLblkShift; shift++)
         {
             if (new LblkAllocFormat(shift, nrPblks, withCrc).EntriesPerSector > 0)
                 max = shift;

@@ -94,12 +94,12 @@ public static class DeviceRepairer
         var plan = Decide(scan, verified);
         var check = scan.ToReport();
 
-        byte[] disk = new byte[Layout.PblkSize];
-        byte[] mine = new byte[Layout.PblkSize];
+        byte[] disk = new byte[PbatLayout.Bytes];
+        byte[] mine = new byte[PbatLayout.Bytes];
         var pbatZones = new List<uint>();
         for (uint zone = 0; zone < geometry.NrZones; zone++)
         {
-            await StoreIo.ReadClampedAsync(store, (long)geometry.ZoneStart(zone) * Layout.PblkSize, disk, cancellationToken).ConfigureAwait(false);
+            await PbatLayout.ReadAsync(store, geometry, zone, disk, cancellationToken).ConfigureAwait(false);
             scan.Claims[zone].Store(mine);
             if (!disk.AsSpan().SequenceEqual(mine))
                 pbatZones.Add(zone);
@@ -161,7 +161,7 @@ public static class DeviceRepairer
         foreach (uint zone in pbatZones)
         {
             scan.Claims[zone].Store(mine);
-            await store.WriteAsync((long)geometry.ZoneStart(zone) * Layout.PblkSize, mine, cancellationToken).ConfigureAwait(false);
+            await PbatLayout.WriteAsync(store, geometry, zone, mine, cancellationToken).ConfigureAwait(false);
         }
         if (pbatZones.Count > 0)
         {

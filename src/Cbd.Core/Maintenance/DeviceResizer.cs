@@ -121,15 +121,14 @@ public static class DeviceResizer
         if (moves.Count > 0)
             actions.Add($"moved {moves.Count} lblks ({need} pblks) out of the part of the store being removed");
 
-        byte[] disk = new byte[Layout.PblkSize];
-        byte[] mine = new byte[Layout.PblkSize];
+        byte[] disk = new byte[PbatLayout.Bytes];
+        byte[] mine = new byte[PbatLayout.Bytes];
         for (uint zone = 0; zone < geometry.NrZones; zone++)
         {
-            long offset = (long)geometry.ZoneStart(zone) * Layout.PblkSize;
-            await StoreIo.ReadClampedAsync(store, offset, disk, cancellationToken).ConfigureAwait(false);
+            await PbatLayout.ReadAsync(store, geometry, zone, disk, cancellationToken).ConfigureAwait(false);
             claims[zone].Store(mine);
             if (!disk.AsSpan().SequenceEqual(mine))
-                await store.WriteAsync(offset, mine, cancellationToken).ConfigureAwait(false);
+                await PbatLayout.WriteAsync(store, geometry, zone, mine, cancellationToken).ConfigureAwait(false);
         }
         await store.FlushAsync(cancellationToken).ConfigureAwait(false);
 
@@ -246,7 +245,7 @@ public static class DeviceResizer
     private static Pbat[] ClaimsIn(Geometry geometry, Pbat[] oldClaims)
     {
         var claims = new Pbat[geometry.NrZones];
-        byte[] page = new byte[Layout.PblkSize];
+        byte[] page = new byte[PbatLayout.Bytes];
         for (uint zone = 0; zone < geometry.NrZones; zone++)
         {
             int dataPblks = geometry.DataPblks(zone);
@@ -255,8 +254,8 @@ public static class DeviceResizer
                 continue;
             oldClaims[zone].Store(page);
             // Bits past the zone's new end are pblks being removed.
-            for (int bit = dataPblks; bit < Layout.PblksPerZoneData; bit++)
-                page[bit >> 3] &= (byte)~(1 << (bit & 7));
+            for (int bit = dataPblks; bit < PbatLayout.Bits; bit++)
+                PbatLayout.Clear(page, bit);
             claims[zone].Load(page);
         }
         return claims;

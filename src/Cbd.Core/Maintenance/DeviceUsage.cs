@@ -1,5 +1,3 @@
-using System.Buffers.Binary;
-using System.Numerics;
 using Cbd.Core.Format;
 using Cbd.Core.Storage;
 
@@ -62,11 +60,11 @@ public static class DeviceUsage
         }
 
         var zones = new int[geometry.NrZones];
-        byte[] page = new byte[Layout.PblkSize];
+        byte[] page = new byte[PbatLayout.Bytes];
         for (uint zone = 0; zone < geometry.NrZones; zone++)
         {
-            await StoreIo.ReadClampedAsync(store, (long)geometry.ZoneStart(zone) * Layout.PblkSize, page, cancellationToken).ConfigureAwait(false);
-            zones[zone] = CountUsed(page, geometry.DataPblks(zone));
+            await PbatLayout.ReadAsync(store, geometry, zone, page, cancellationToken).ConfigureAwait(false);
+            zones[zone] = PbatLayout.CountSet(page, geometry.DataPblks(zone));
             progress?.Report((zone + 1.0) / geometry.NrZones);
         }
         return new UsageReport
@@ -77,17 +75,5 @@ public static class DeviceUsage
             PblksUsed = (long)header.PblkUsed,
             ZonePblksUsed = zones,
         };
-    }
-
-    /// <summary>Set bits among the first <paramref name="dataPblks"/>; bits past them would be corruption, which check reports.</summary>
-    private static int CountUsed(ReadOnlySpan<byte> pbat, int dataPblks)
-    {
-        int used = 0;
-        int words = dataPblks / 64;
-        for (int w = 0; w < words; w++)
-            used += BitOperations.PopCount(BinaryPrimitives.ReadUInt64LittleEndian(pbat[(w * 8)..]));
-        for (int bit = words * 64; bit < dataPblks; bit++)
-            used += (pbat[bit >> 3] >> (bit & 7)) & 1;
-        return used;
     }
 }

@@ -1,5 +1,4 @@
 using System.Buffers;
-using Cbd.Core.Compression;
 using Cbd.Core.Engine;
 using Cbd.Core.Format;
 using Cbd.Core.Storage;
@@ -309,16 +308,19 @@ internal sealed class ImageScan
                 Report(CheckProblemKind.EntryPastLogicalEnd, $"lblk {lblk}: lblk_alloc entry past the logical end ({g.NrLblks} lblks) is not zero", lblk: lblk, zone: g.HomeZone(lblk));
             return EntryState.Zero;
         }
-        if (length == 0)
+        // The entry's own rules are LblkAlloc's; the scan adds what only it can see (a store cut short) and,
+        // unlike a reader, goes on past the first fault to report each kind once.
+        LblkAlloc.TryValidate(g, length, crc, slots, out _, out var error);
+        if (error.Fault == LblkAllocFault.UnallocatedNotZero)
         {
             if (report)
                 Report(CheckProblemKind.UnallocatedEntryNotZero, $"lblk {lblk}: unallocated entry (length 0) has non-zero pblk or crc fields", lblk: lblk, zone: g.HomeZone(lblk));
             return EntryState.Zero;
         }
-        if (format.CheckLength(length) is { } why)
+        if (error.Fault == LblkAllocFault.BadLength)
         {
             if (report)
-                Report(CheckProblemKind.BadLength, $"lblk {lblk}: lblk_alloc {why}", lblk: lblk, zone: g.HomeZone(lblk));
+                Report(CheckProblemKind.BadLength, error.Describe(g, lblk), lblk: lblk, zone: g.HomeZone(lblk));
             return EntryState.Invalid;
         }
         int used = format.PblksFor(length);
@@ -329,16 +331,16 @@ internal sealed class ImageScan
         {
             ulong p = slots[i];
             list[i] = p;
-            (CheckProblemKind Kind, string Message)? fault = null;
-            if (p >= g.NrPblks)
-                fault = (CheckProblemKind.PblkOutsideDevice, $"lblk {lblk}: pblk[{i}] = {p}, past the end of the device ({g.NrPblks} pblks)");
-            else if (!g.TryLocateDataPblk(p, out _, out _))
-                fault = (CheckProblemKind.PblkInMetadata, $"lblk {lblk}: pblk[{i}] = {p} is {DescribeNonData(g, p)}, not a data pblk");
-            else if ((long)(p + 1) * Layout.PblkSize > StoreLength)
-                fault = (CheckProblemKind.PblkPastStoreEnd, $"lblk {lblk}: pblk[{i}] = {p} lies past the end of the truncated store");
-            else if (list.AsSpan(0, i).Contains(p))
-                fault = (CheckProblemKind.PblkClaimedTwice, $"lblk {lblk}: pblk {p} appears twice in its entry (pblk[{list.AsSpan(0, i).IndexOf(p)}] and pblk[{i}])");
-            if (fault is { } f)
+            var fault = LblkAlloc.CheckSlot(g, slots, i, out int first);
+            (CheckProblemKind Kind, string Message)? found = fault switch
+            {
+                LblkAllocFault.PblkOutsideDevice => (CheckProblemKind.PblkOutsideDevice, $"lblk {lblk}: pblk[{i}] = {p}, past the end of the device ({g.NrPblks} pblks)"),
+                LblkAllocFault.PblkInMetadata => (CheckProblemKind.PblkInMetadata, $"lblk {lblk}: pblk[{i}] = {p} is {DescribeNonData(g, p)}, not a data pblk"),
+                _ when PastStoreEnd(p) => (CheckProblemKind.PblkPastStoreEnd, $"lblk {lblk}: pblk[{i}] = {p} lies past the end of the truncated store"),
+                LblkAllocFault.PblkRepeated => (CheckProblemKind.PblkClaimedTwice, $"lblk {lblk}: pblk {p} appears twice in its entry (pblk[{first}] and pblk[{i}])"),
+                _ => null,
+            };
+            if (found is { } f)
             {
                 bad = true;
                 if (report && (reported & (1 << (int)f.Kind)) == 0)
@@ -358,6 +360,8 @@ internal sealed class ImageScan
         pblks = list;
         return junk >= 0 ? EntryState.ValidJunkSlots : EntryState.Valid;
     }
+
+    private bool PastStoreEnd(ulong pblk) => (long)(pblk + 1) * Layout.PblkSize > StoreLength;
 
     private static string DescribeNonData(Geometry g, ulong pblk)
     {
@@ -388,36 +392,27 @@ internal sealed class ImageScan
     {
         var g = Geometry!;
         var format = g.Alloc;
-        int storedBytes = format.StoredBytes(alloc.Length);
-        byte[] stored = ArrayPool<byte>.Shared.Rent(alloc.Pblks.Length * Layout.PblkSize);
-        byte[]? data = null;
+        int storedLength = alloc.Pblks.Length * Layout.PblkSize;
+        byte[] stored = ArrayPool<byte>.Shared.Rent(storedLength);
+        byte[] data = ArrayPool<byte>.Shared.Rent(g.LblkSize);
         DataFailure? failure = null;
         try
         {
-            await StoreIo.ReadPblksAsync(_store, alloc.Pblks, stored.AsMemory(0, alloc.Pblks.Length * Layout.PblkSize), cancellationToken).ConfigureAwait(false);
-            uint actual = format.WithCrc ? Checksums.LblkCrc(lblk, stored.AsSpan(0, storedBytes)) : 0;
-            if (format.WithCrc && actual != alloc.Crc)
+            await StoreIo.ReadPblksAsync(_store, alloc.Pblks, stored.AsMemory(0, storedLength), cancellationToken).ConfigureAwait(false);
+            var result = StoredLblk.Decode(format, lblk, alloc, stored.AsSpan(0, storedLength), data.AsSpan(0, g.LblkSize));
+            failure = result.Fault switch
             {
-                failure = new DataFailure(CheckProblemKind.LblkChecksumMismatch,
-                    $"lblk {lblk}: checksum mismatch (stored 0x{alloc.Crc:x8}, computed 0x{actual:x8}) in pblks {string.Join(',', alloc.Pblks)}", alloc);
-            }
-            else if (alloc.Length != format.UncompressedLength)
-            {
-                byte id = stored[0];
-                var codec = Codec.ForReading(id);
-                data = ArrayPool<byte>.Shared.Rent(g.LblkSize);
-                if (codec is null || !codec.TryDecompress(stored.AsSpan(1, storedBytes - 1), data.AsSpan(0, g.LblkSize)))
-                {
-                    failure = new DataFailure(CheckProblemKind.LblkUndecodable,
-                        $"lblk {lblk}: {storedBytes} stored bytes (algorithm id {id}) do not decompress to one {g.LblkSize}-byte lblk", alloc);
-                }
-            }
+                StoredLblkFault.ChecksumMismatch => new DataFailure(CheckProblemKind.LblkChecksumMismatch,
+                    $"lblk {lblk}: checksum mismatch (stored 0x{alloc.Crc:x8}, computed 0x{result.ComputedCrc:x8}) in pblks {alloc.Pblks}", alloc),
+                StoredLblkFault.Undecodable => new DataFailure(CheckProblemKind.LblkUndecodable,
+                    $"lblk {lblk}: {result.StoredBytes} stored bytes (algorithm id {result.AlgorithmId}) do not decompress to one {g.LblkSize}-byte lblk", alloc),
+                _ => null,
+            };
         }
         finally
         {
             ArrayPool<byte>.Shared.Return(stored);
-            if (data is not null)
-                ArrayPool<byte>.Shared.Return(data);
+            ArrayPool<byte>.Shared.Return(data);
         }
         if (failure is null)
             return true;
@@ -430,42 +425,33 @@ internal sealed class ImageScan
     private async Task ComparePbatsAsync(CancellationToken cancellationToken)
     {
         var g = Geometry!;
-        byte[] disk = new byte[Layout.PblkSize];
-        byte[] mine = new byte[Layout.PblkSize];
+        byte[] disk = new byte[PbatLayout.Bytes];
+        byte[] mine = new byte[PbatLayout.Bytes];
         long differing = 0;
         for (uint zone = 0; zone < g.NrZones; zone++)
         {
-            await StoreIo.ReadClampedAsync(_store, (long)g.ZoneStart(zone) * Layout.PblkSize, disk, cancellationToken).ConfigureAwait(false);
+            await PbatLayout.ReadAsync(_store, g, zone, disk, cancellationToken).ConfigureAwait(false);
             Claims[zone].Store(mine);
             if (disk.AsSpan().SequenceEqual(mine))
                 continue;
             int dataPblks = g.DataPblks(zone);
-            int pastData = 0;
             // Runs of neighbouring bits wrong the same way make one problem each: a cleared lblk leaks a run.
-            (int Start, int Count, bool Marked)? run = null;
-            for (int bit = 0; bit < Layout.PblksPerZoneData; bit++)
+            for (int bit = 0; bit < dataPblks;)
             {
-                bool marked = (disk[bit >> 3] & (1 << (bit & 7))) != 0;
-                bool used = (mine[bit >> 3] & (1 << (bit & 7))) != 0;
-                if (marked == used)
-                    continue;
-                differing++;
-                if (bit >= dataPblks)
+                int run = PbatLayout.DifferingRun(disk, mine, bit, dataPblks);
+                if (run == 0)
                 {
-                    pastData++;
+                    bit++;
                     continue;
                 }
-                if (run is { } r && r.Marked == marked && r.Start + r.Count == bit)
-                {
-                    run = r with { Count = r.Count + 1 };
-                    continue;
-                }
-                if (run is { } done)
-                    ReportPbatRun(zone, done.Start, done.Count, done.Marked);
-                run = (bit, 1, marked);
+                differing += run;
+                ReportPbatRun(zone, bit, run, marked: PbatLayout.IsSet(disk, bit));
+                bit += run;
             }
-            if (run is { } last)
-                ReportPbatRun(zone, last.Start, last.Count, last.Marked);
+            int pastData = 0;
+            for (int bit = dataPblks; bit < PbatLayout.Bits; bit++)
+                pastData += PbatLayout.IsSet(disk, bit) != PbatLayout.IsSet(mine, bit) ? 1 : 0;
+            differing += pastData;
             if (pastData > 0 && IsClean)
             {
                 Report(CheckProblemKind.PbatBitsPastData, $"zone {zone} pbat: {pastData} bits set past its {dataPblks} data pblks", zone: zone,

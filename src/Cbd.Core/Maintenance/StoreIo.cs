@@ -1,4 +1,3 @@
-using Cbd.Core.Engine;
 using Cbd.Core.Format;
 using Cbd.Core.Storage;
 
@@ -41,7 +40,7 @@ internal static class StoreIo
             long pageOffset = group.Key * Layout.PblkSize;
             await ReadClampedAsync(store, pageOffset, page, cancellationToken).ConfigureAwait(false);
             foreach (var (offset, entry) in group)
-                geometry.Alloc.Write(page.AsSpan((int)(offset - pageOffset)), entry.Pblks, entry.Length, entry.Crc);
+                entry.Encode(geometry.Alloc, page.AsSpan((int)(offset - pageOffset)));
             await store.WriteAsync(pageOffset, page, cancellationToken).ConfigureAwait(false);
         }
     }
@@ -53,31 +52,25 @@ internal static class StoreIo
     public static async ValueTask<EntryRangeSummary> SummarizeEntriesAsync(IBackingStore store, Geometry geometry, ulong from, ulong to,
         CancellationToken cancellationToken)
     {
-        var format = geometry.Alloc;
-        var slots = new ulong[format.PblksPerLblk];
-        byte[] page = new byte[Layout.PblkSize];
-        long pageOffset = -1;
         var summary = new EntryRangeSummary();
-        for (ulong lblk = from; lblk < to; lblk++)
+        if (from >= to)
+            return summary;
+        ulong perZone = geometry.LblkPerZone;
+        for (ulong zone = from / perZone; zone <= (to - 1) / perZone && zone < geometry.NrZones; zone++)
         {
-            long offset = geometry.EntryByteOffset(lblk);
-            long want = offset / Layout.PblkSize * Layout.PblkSize;
-            if (want != pageOffset)
+            ulong first = zone * perZone;
+            long fromIndex = (long)(Math.Max(from, first) - first), toIndex = (long)(Math.Min(to, first + perZone) - first);
+            // The reader visits only entries that are not all zeros, in lblk order.
+            await LbatReader.ForEachEntryAsync(store, geometry, (uint)zone, fromIndex, toIndex, (lblk, _, length, _) =>
             {
-                await ReadClampedAsync(store, want, page, cancellationToken).ConfigureAwait(false);
-                pageOffset = want;
-            }
-            format.Read(page.AsSpan((int)(offset - pageOffset)), slots, out uint length, out uint crc);
-            if (length != 0)
-            {
-                summary.Allocated++;
-                summary.FirstAllocated ??= lblk;
-            }
-            if (length != 0 || crc != 0 || slots.AsSpan().ContainsAnyExcept(0UL))
-            {
+                if (length != 0)
+                {
+                    summary.Allocated++;
+                    summary.FirstAllocated ??= lblk;
+                }
                 summary.NotZero++;
                 summary.FirstNotZero ??= lblk;
-            }
+            }, cancellationToken).ConfigureAwait(false);
         }
         return summary;
     }

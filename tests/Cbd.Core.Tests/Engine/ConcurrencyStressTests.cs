@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using Cbd.Core.Engine;
+using Cbd.Core.Format;
 
 namespace Cbd.Core.Tests.Engine;
 

@@ -1,5 +1,6 @@
 using System.IO.Hashing;
 using Cbd.Core.Engine;
+using Cbd.Core.Format;
 using Cbd.Core.Storage;
 using CsCheck;
 using Xunit.Abstractions;

@@ -1,3 +1,4 @@
+using Cbd.Core.Compression;
 using Cbd.Core.Engine;
 using Cbd.Core.Format;
 using Cbd.Core.Maintenance;

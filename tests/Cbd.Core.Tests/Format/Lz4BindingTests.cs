@@ -35,7 +35,7 @@ public class Lz4BindingTests
     [Fact]
     public void Codec_for_lz4_prefers_the_system_library()
     {
-        Assert.IsType<NativeLz4Codec>(Codec.Create(Cbd.Core.Format.CompressionAlgorithm.Lz4, 0));
+        Assert.IsType<NativeLz4Codec>(Codec.Create(Cbd.Core.Compression.CompressionAlgorithm.Lz4, 0));
         Assert.IsType<NativeLz4Codec>(Codec.ForReading(1));
     }
 }

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using Cbd.Core.Engine;
+using Cbd.Core.Format;
 using Cbd.Core.Maintenance;
 using Cbd.Core.Storage;
 using static Cbd.Core.Tests.Maintenance.MaintenanceKit;

@@ -1,6 +1,6 @@
-using Cbd.Core.Format;
+using Cbd.Core.Storage;
 
-namespace Cbd.Core.Storage;
+namespace Cbd.Core.Format;
 
 /// <summary>I/O of an lblk's pblks: one request per run of consecutive pblk numbers.</summary>
 public static class PblkIo
