@@ -30,7 +30,7 @@ public class DeviceBenchmarks
     private CompressedDevice Open(long cacheBytes)
     {
         var store = new MemoryBackingStore(256L << 20);
-        CompressedDevice.FormatAsync(store, new FormatOptions()).AsTask().GetAwaiter().GetResult();
+        ImageFormatter.FormatAsync(store, new FormatOptions()).AsTask().GetAwaiter().GetResult();
         var device = CompressedDevice.OpenAsync(store, new DeviceOptions { CacheBytes = cacheBytes, FlushDelay = TimeSpan.FromHours(1) }).AsTask().GetAwaiter().GetResult();
         for (int i = 0; i < Lblks; i++)
             device.WriteAsync((long)i * LblkSize, _data).AsTask().GetAwaiter().GetResult();

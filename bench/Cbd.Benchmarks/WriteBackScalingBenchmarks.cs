@@ -48,7 +48,7 @@ public class WriteBackScalingBenchmarks
     public void Fill()
     {
         var store = new MemoryBackingStore(256L << 20);
-        CompressedDevice.FormatAsync(store, new FormatOptions()).AsTask().GetAwaiter().GetResult();
+        ImageFormatter.FormatAsync(store, new FormatOptions()).AsTask().GetAwaiter().GetResult();
         _device = CompressedDevice.OpenAsync(store, new DeviceOptions
         {
             CacheBytes = 256L << 20,

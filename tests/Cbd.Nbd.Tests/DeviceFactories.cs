@@ -26,7 +26,7 @@ public static class DeviceFactories
             case Compressed:
                 // The backing store is as large as the logical size, so even incompressible test data fits.
                 var store = new MemoryBackingStore(size + (size >> 2));
-                await CompressedDevice.FormatAsync(store, new FormatOptions { LogicalSize = size });
+                await ImageFormatter.FormatAsync(store, new FormatOptions { LogicalSize = size });
                 return await CompressedDevice.OpenAsync(store, new DeviceOptions { FlushDelay = TimeSpan.FromMilliseconds(100) });
             default:
                 throw new ArgumentOutOfRangeException(nameof(name), name, "unknown device factory");

@@ -21,7 +21,7 @@ public sealed class SpacePromiseTests
     private static async Task<CompressedDevice> CreateDeviceAsync(long? logical = null)
     {
         var store = new MemoryBackingStore(8 * MiB);
-        await CompressedDevice.FormatAsync(store, new FormatOptions { LogicalSize = logical });
+        await ImageFormatter.FormatAsync(store, new FormatOptions { LogicalSize = logical });
         return await CompressedDevice.OpenAsync(store, new DeviceOptions { CacheBytes = MiB, WriteBackParallelism = 1 });
     }
 

@@ -46,7 +46,6 @@ public sealed partial class CompressedDevice : IBlockDevice
         _options = options;
         var codec = Codec.Create(header.Algorithm, header.Level);
         _zeroDetect = header.Flags.HasFlag(HeaderFlags.ZeroDetect);
-        bool crc = header.Flags.HasFlag(HeaderFlags.LblkCrc);
         _lblkSize = geometry.LblkSize;
         int parallelism = Math.Max(1, options.WriteBackParallelism ?? Environment.ProcessorCount);
         _cache = new LblkCache(_lblkSize, geometry.Alloc.PblksPerLblk, options, parallelism);
@@ -56,7 +55,7 @@ public sealed partial class CompressedDevice : IBlockDevice
         _space = new SpacePromise(geometry);
         _used = new UsedCounts((long)header.LblkUsed, (long)header.PblkUsed);
         _recovery = new DeviceRecovery(geometry, store, alloc, _used, damage);
-        _io = new LblkIo(geometry, store, _lbat, alloc, _cache.Buffers, codec, _zeroDetect, crc, damage, Counters);
+        _io = new LblkIo(geometry, store, _lbat, alloc, _cache.Buffers, codec, _zeroDetect, damage, Counters);
         _pipeline = new CheckpointPipeline(store, _lbat, alloc, _cache, _io, _used, _recovery, damage, parallelism, options.Fault, Counters);
         _scheduler = new WriteBackScheduler(_cache, _pipeline, options.FlushDelay);
         _admission = new WriteAdmission(geometry, _cache, _io, alloc, _space, _used, _pipeline, _scheduler);
@@ -82,42 +81,6 @@ public sealed partial class CompressedDevice : IBlockDevice
 
     /// <summary>Cache and checkpoint totals since open, for monitoring.</summary>
     public EngineCounters Counters { get; } = new();
-
-    /// <summary>
-    /// Formats <paramref name="store"/> (its whole length is the physical size). Only the header and the
-    /// metadata pblks are written; data pblks are left as they are.
-    /// </summary>
-    /// <exception cref="ArgumentException">The sizes or parameters cannot be formatted; the message says the limit.</exception>
-    public static async ValueTask<Header> FormatAsync(IBackingStore store, FormatOptions options, CancellationToken cancellationToken = default)
-    {
-        ArgumentNullException.ThrowIfNull(store);
-        int level = options.Level ?? CodecLimits.Levels(options.Algorithm).Default;
-        try
-        {
-            CodecLimits.Validate(options.Algorithm, level, "requested");
-        }
-        catch (InvalidDataException e)
-        {
-            throw new ArgumentException(e.Message, nameof(options), e);
-        }
-        long physical = store.Length;
-        long logical = options.LogicalSize ?? physical / Layout.PblkSize * Layout.PblkSize * 3;
-        var flags = (options.ZeroDetect ? HeaderFlags.ZeroDetect : 0) | (options.LblkChecksums ? HeaderFlags.LblkCrc : 0);
-        var header = Geometry.Plan(physical, logical, options.LblkSize, options.Algorithm, level, flags, options.MaxLogicalSize);
-        var geometry = Geometry.FromHeader(header, physical);
-
-        // Clear the header first: an interrupted format must not leave an old header over new metadata.
-        await store.ZeroRangeAsync(0, Layout.HeaderSize, cancellationToken).ConfigureAwait(false);
-        await store.FlushAsync(cancellationToken).ConfigureAwait(false);
-        for (uint zone = 0; zone < geometry.NrZones; zone++)
-        {
-            long start = (long)geometry.ZoneStart(zone) * Layout.PblkSize;
-            await store.ZeroRangeAsync(start, (long)(1 + geometry.LbatPblks) * Layout.PblkSize, cancellationToken).ConfigureAwait(false);
-        }
-        await store.FlushAsync(cancellationToken).ConfigureAwait(false);
-        await header.WriteAsync(store, cancellationToken).ConfigureAwait(false);
-        return header;
-    }
 
     /// <summary>
     /// Opens a device and takes ownership of <paramref name="store"/>. A bad image throws

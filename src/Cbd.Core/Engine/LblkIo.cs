@@ -20,11 +20,10 @@ internal sealed class LblkIo
     private readonly LblkBufferPool _buffers;
     private readonly Codec _codec;
     private readonly bool _zeroDetect;
-    private readonly bool _crc;
     private readonly DamageLog _damage;
     private readonly int _lblkSize;
 
-    public LblkIo(Geometry geometry, IBackingStore store, LbatCache lbat, Allocator alloc, LblkBufferPool buffers, Codec codec, bool zeroDetect, bool crc, DamageLog damage, EngineCounters counters)
+    public LblkIo(Geometry geometry, IBackingStore store, LbatCache lbat, Allocator alloc, LblkBufferPool buffers, Codec codec, bool zeroDetect, DamageLog damage, EngineCounters counters)
     {
         _counters = counters;
         _geometry = geometry;
@@ -34,7 +33,6 @@ internal sealed class LblkIo
         _buffers = buffers;
         _codec = codec;
         _zeroDetect = zeroDetect;
-        _crc = crc;
         _damage = damage;
         _lblkSize = geometry.LblkSize;
     }
@@ -60,35 +58,18 @@ internal sealed class LblkIo
             entry.Loaded = true;
             return;
         }
-        var format = _geometry.Alloc;
-        int storedBytes = format.StoredBytes(alloc.Length);
         byte[] stored = _buffers.Rent();
         try
         {
             await _store.ReadPblksAsync(alloc.Pblks, stored, cancellationToken: cancellationToken).ConfigureAwait(false);
-            var bytes = stored.AsSpan(0, storedBytes);
-            if (_crc)
-            {
-                uint actual = Checksums.LblkCrc(entry.Lblk, bytes);
-                if (actual != alloc.Crc)
-                    throw _damage.Damaged(entry.Lblk, $"checksum mismatch (stored 0x{alloc.Crc:x8}, computed 0x{actual:x8}) in pblks {string.Join(',', alloc.Pblks)}");
-            }
             byte[] data = _buffers.Rent();
-            bool ok;
-            if (alloc.Length == format.UncompressedLength)
-            {
-                bytes.CopyTo(data);
-                ok = true;
-            }
-            else
-            {
-                var codec = Codec.ForReading(bytes[0]);
-                ok = codec is not null && codec.TryDecompress(bytes[1..], data.AsSpan(0, _lblkSize));
-            }
-            if (!ok)
+            var result = StoredLblk.Decode(_geometry.Alloc, entry.Lblk, alloc, stored, data);
+            if (!result.Ok)
             {
                 _buffers.Return(data);
-                throw _damage.Damaged(entry.Lblk, $"stored bytes (algorithm id {bytes[0]}, {storedBytes} bytes) do not decompress to one {_lblkSize}-byte lblk");
+                throw result.Fault == StoredLblkFault.ChecksumMismatch
+                    ? _damage.Damaged(entry.Lblk, $"checksum mismatch (stored 0x{alloc.Crc:x8}, computed 0x{result.ComputedCrc:x8}) in pblks {alloc.Pblks}")
+                    : _damage.Damaged(entry.Lblk, $"stored bytes (algorithm id {result.AlgorithmId}, {result.StoredBytes} bytes) do not decompress to one {_lblkSize}-byte lblk");
             }
             entry.Data = data;
             entry.IsZero = false;
@@ -103,19 +84,12 @@ internal sealed class LblkIo
     /// <summary>pblks write-back will need for the entry's contents as they are now. Caller holds the entry's lock.</summary>
     public int PblksNeeded(CachedLblk entry)
     {
-        var format = _geometry.Alloc;
         if (entry.IsZero)
             return 0;
-        var data = entry.Data.AsSpan(0, _lblkSize);
-        if (_zeroDetect && !data.ContainsAnyExcept((byte)0))
-            return 0;
-        if (format.MaxCompressedLength < 2)
-            return format.PblksPerLblk;
         byte[] scratch = _buffers.Rent();
         try
         {
-            int compressed = _codec.Compress(data, scratch.AsSpan(1, format.MaxCompressedLength - 1));
-            return compressed > 0 ? format.PblksFor((uint)(1 + compressed)) : format.PblksPerLblk;
+            return StoredLblk.PblksNeeded(_geometry.Alloc, _codec, entry.Data.AsSpan(0, _lblkSize), _zeroDetect, scratch);
         }
         finally
         {
@@ -130,7 +104,6 @@ internal sealed class LblkIo
         int reserved;
         uint length;
         uint crc = 0;
-        int storedBytes = 0;
         byte[]? stored = null;
         var format = _geometry.Alloc;
         await entry.Lock.WaitAsync(cancellationToken).ConfigureAwait(false);
@@ -144,29 +117,15 @@ internal sealed class LblkIo
             reserved = entry.ReservedPblks;
             entry.ReservedPblks = 0;
             var data = entry.IsZero ? default : entry.Data.AsSpan(0, _lblkSize);
-            if (entry.IsZero || (_zeroDetect && !data.ContainsAnyExcept((byte)0)))
+            if (entry.IsZero || StoredLblk.StoresAsUnallocated(data, _zeroDetect))
             {
                 length = 0;
             }
             else
             {
                 stored = _buffers.Rent();
-                // A 4 KiB lblk can never save a pblk: it is always stored as it is.
-                int compressed = format.MaxCompressedLength < 2 ? -1 : _codec.Compress(data, stored.AsSpan(1, format.MaxCompressedLength - 1));
-                if (compressed > 0)
-                {
-                    stored[0] = (byte)_codec.Algorithm;
-                    storedBytes = 1 + compressed;
-                    length = (uint)storedBytes;
-                }
-                else
-                {
-                    data.CopyTo(stored);
-                    storedBytes = _lblkSize;
-                    length = format.UncompressedLength;
-                }
-                if (_crc)
-                    crc = Checksums.LblkCrc(entry.Lblk, stored.AsSpan(0, storedBytes));
+                var form = StoredLblk.Encode(format, _codec, entry.Lblk, data, stored);
+                (length, crc) = (form.Length, form.Crc);
             }
         }
         finally
@@ -183,7 +142,6 @@ internal sealed class LblkIo
         try
         {
             int count = format.PblksFor(length);
-            stored.AsSpan(storedBytes, count * Layout.PblkSize - storedBytes).Clear();
             var pblks = new ulong[count];
             await _alloc.AllocateAsync(_geometry.HomeZone(entry.Lblk), pblks, reserved, cancellationToken).ConfigureAwait(false);
             await _store.WritePblksAsync(pblks, stored, cancellationToken).ConfigureAwait(false);

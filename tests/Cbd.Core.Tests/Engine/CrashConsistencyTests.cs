@@ -130,7 +130,7 @@ public class CrashConsistencyTests(ITestOutputHelper output)
     private static async Task<Workload> RecordWorkloadAsync(int seed, int operations, int cacheLblks = CacheLblks, CheckpointFault fault = CheckpointFault.None)
     {
         var store = new MemoryBackingStore(4 << 20);
-        await CompressedDevice.FormatAsync(store, new FormatOptions { LblkSize = LblkSize, LogicalSize = 64 * LblkSize });
+        await ImageFormatter.FormatAsync(store, new FormatOptions { LblkSize = LblkSize, LogicalSize = 64 * LblkSize });
         var geometry = await Geometry.ReadAsync(store);
         // How eagerly fsyncs complete while writes go on differs from seed to seed.
         double[] releaseOnWrite = [0, 0.02, 0.1, 0.3];

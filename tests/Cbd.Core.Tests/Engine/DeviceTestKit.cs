@@ -10,7 +10,7 @@ internal static class DeviceTestKit
     public static async Task<MemoryBackingStore> FormatAsync(long physical, FormatOptions? options = null)
     {
         var store = new MemoryBackingStore(physical);
-        await CompressedDevice.FormatAsync(store, options ?? new FormatOptions());
+        await ImageFormatter.FormatAsync(store, options ?? new FormatOptions());
         return store;
     }
 

@@ -23,7 +23,7 @@ public sealed class LargeImageTests(ITestOutputHelper output) : IDisposable
         string path = Path.Combine(_directory, "big.img");
         var watch = Stopwatch.StartNew();
         await using (var store = FileBackingStore.Create(path, 1024 * GiB))
-            await CompressedDevice.FormatAsync(store, new FormatOptions());
+            await ImageFormatter.FormatAsync(store, new FormatOptions());
         output.WriteLine($"format {watch.Elapsed.TotalMilliseconds:F0} ms");
         watch.Restart();
         await using (var device = await CompressedDevice.OpenAsync(FileBackingStore.Open(path, writable: true)))
@@ -57,7 +57,7 @@ public sealed class LargeImageTests(ITestOutputHelper output) : IDisposable
     {
         string path = Path.Combine(_directory, "thin.img");
         await using (var store = FileBackingStore.Create(path, 8 * GiB))
-            await CompressedDevice.FormatAsync(store, new FormatOptions { LogicalSize = 7000 * GiB });
+            await ImageFormatter.FormatAsync(store, new FormatOptions { LogicalSize = 7000 * GiB });
         var data = DeviceTestKit.Compressible(1 << 20, 3);
         long far = 6999 * GiB;
         await using (var device = await CompressedDevice.OpenAsync(FileBackingStore.Open(path, writable: true)))

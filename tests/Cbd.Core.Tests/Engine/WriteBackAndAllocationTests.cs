@@ -125,7 +125,7 @@ public class WriteBackAndAllocationTests
     public async Task An_lblk_takes_pblks_from_its_home_zone_while_it_has_room_then_from_others()
     {
         var store = new MemoryBackingStore(3L * 129 << 20);
-        await CompressedDevice.FormatAsync(store, new FormatOptions());
+        await ImageFormatter.FormatAsync(store, new FormatOptions());
         var options = new DeviceOptions { CacheBytes = 8 << 20, FlushDelay = TimeSpan.FromHours(1) };
         await using var device = await DeviceTestKit.OpenAsync(store, options);
         var g = device.Geometry;

@@ -30,7 +30,7 @@ public class DeviceGeometryTests
     private static async Task StoreAtBothEndsAsync(long physical, long? logical, string encoding, ulong minHighPblk)
     {
         var store = new MemoryBackingStore(physical);
-        var header = await CompressedDevice.FormatAsync(store, new FormatOptions { LblkSize = LblkSize, LogicalSize = logical });
+        var header = await ImageFormatter.FormatAsync(store, new FormatOptions { LblkSize = LblkSize, LogicalSize = logical });
         var g = Geometry.FromHeader(header, physical);
         Assert.Equal(encoding, g.Alloc.Name);
         uint lastZone = g.NrZones - 1;
@@ -102,7 +102,7 @@ public class DeviceGeometryTests
     {
         long physical = (3 + 2 * (lblkSize / 4096)) * 4096L; // header, pbat, lbat, two lblks
         var store = new MemoryBackingStore(physical);
-        await CompressedDevice.FormatAsync(store, new FormatOptions { LblkSize = lblkSize });
+        await ImageFormatter.FormatAsync(store, new FormatOptions { LblkSize = lblkSize });
         var first = DeviceTestKit.Random(lblkSize, 1);
         var second = DeviceTestKit.Random(lblkSize, 2);
         await using (var device = await DeviceTestKit.OpenAsync(store))

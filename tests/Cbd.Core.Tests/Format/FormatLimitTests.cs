@@ -33,7 +33,7 @@ public class FormatLimitTests
         long logical = MaxLogical(physical, lblkSize, crc);
         var options = new FormatOptions { LogicalSize = logical, LblkSize = lblkSize, LblkChecksums = crc };
         var store = new MemoryBackingStore(physical);
-        var header = await CompressedDevice.FormatAsync(store, options);
+        var header = await ImageFormatter.FormatAsync(store, options);
         Assert.Equal((ulong)logical / 512, header.NrLogicalSectors);
         Assert.Equal(1u, header.NrZones);
 
@@ -63,7 +63,7 @@ public class FormatLimitTests
         Assert.False(repair.Wrote);
 
         var e = await Assert.ThrowsAsync<ArgumentException>(async () =>
-            await CompressedDevice.FormatAsync(new MemoryBackingStore(physical), options with { LogicalSize = logical + lblkSize }));
+            await ImageFormatter.FormatAsync(new MemoryBackingStore(physical), options with { LogicalSize = logical + lblkSize }));
         Assert.Contains($"logical size {logical + lblkSize}: at most {logical} bytes", e.Message);
     }
 

@@ -37,7 +37,7 @@ public class ImageFuzzTests(ITestOutputHelper output)
     {
         long physical = (32777L + 48) * Layout.PblkSize;
         var store = new MemoryBackingStore(physical);
-        await CompressedDevice.FormatAsync(store, new FormatOptions { LogicalSize = (long)Lblks * LblkSize });
+        await ImageFormatter.FormatAsync(store, new FormatOptions { LogicalSize = (long)Lblks * LblkSize });
         var contents = new byte[]?[Lblks];
         for (int lblk = 0; lblk < 20; lblk++)
             contents[lblk] = DeviceTestKit.Compressible(LblkSize, lblk);

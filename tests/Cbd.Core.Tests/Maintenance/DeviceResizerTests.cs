@@ -162,7 +162,7 @@ public class DeviceResizerTests
         try
         {
             await using var store = FileBackingStore.Create(path, 24 * MiB);
-            await CompressedDevice.FormatAsync(store, new FormatOptions());
+            await ImageFormatter.FormatAsync(store, new FormatOptions());
             var model = Enumerable.Range(0, 8).ToDictionary(l => (long)l, l => MaintenanceKit.Random(65536, l));
             await WriteAsync(store, model);
 

@@ -35,7 +35,7 @@ public sealed class SparseFileTests : IDisposable
         long logical = 64L << 30;
         await using (var store = FileBackingStore.Create(_path, 64 * MiB))
         {
-            await CompressedDevice.FormatAsync(store, new FormatOptions { LogicalSize = logical, MaxLogicalSize = logical });
+            await ImageFormatter.FormatAsync(store, new FormatOptions { LogicalSize = logical, MaxLogicalSize = logical });
         }
         const int LblkSize = 64 * 1024;
         ulong[] written = [0, 1, 70_000, 500_000, (ulong)(logical / LblkSize) - 1];
