@@ -21,6 +21,7 @@ public sealed partial class CompressedDevice : IBlockDevice
     private readonly bool _crc;
     private readonly LbatCache _lbat;
     private readonly Allocator _alloc;
+    private readonly PblkReleaser _releaser;
     private readonly int _lblkSize;
     private readonly int _parallelism;
     private readonly LblkBufferPool _buffers;
@@ -82,6 +83,7 @@ public sealed partial class CompressedDevice : IBlockDevice
         _buffers = new LblkBufferPool(_lblkSize, _maxCached + 4 * _parallelism);
         _lbat = new LbatCache(geometry, store, maxCleanPages: 4096);
         _alloc = new Allocator(geometry, store, (long)header.PblkUsed, Log);
+        _releaser = new PblkReleaser(_alloc, store, options, Log);
         _space = new SpacePromise(geometry);
         _lblksUsed = (long)header.LblkUsed;
         _pblksUsed = (long)header.PblkUsed;
@@ -836,11 +838,13 @@ public sealed partial class CompressedDevice : IBlockDevice
                 await _alloc.FreeAsync(freed, ct).ConfigureAwait(false);
                 freed = [];
             }
+            if (_options.Fault == CheckpointFault.PunchBeforeCommitFsync)
+                await _releaser.PunchAsync(freed, ct).ConfigureAwait(false);
             if (freed.Count > 0 || _lbat.HasDirty)
             {
                 await _lbat.WriteDirtyAsync(ct).ConfigureAwait(false);
                 await _store.FlushAsync(ct).ConfigureAwait(false);
-                await _alloc.FreeAsync(freed, ct).ConfigureAwait(false);
+                await _releaser.ReleaseAsync(freed, ct).ConfigureAwait(false);
             }
             Interlocked.Exchange(ref _checkpointsCompleted, number);
         }
