@@ -1,4 +1,5 @@
 using System.Text.Json;
+using Cbd.Core.Storage;
 using Cbd.TestTools;
 
 namespace Cbd.Cli.Tests;
@@ -96,6 +97,54 @@ public class TrimCommandTests
         raw.Position = 8 * MiB;
         await raw.ReadExactlyAsync(back);
         Assert.True(back.AsSpan().SequenceEqual(data), "lblks 8M..16M changed after trim");
+    }
+
+    /// <summary>
+    /// On a block device the freed pblks are discarded (BLKDISCARD). A loop device over a sparse file shows it: a discard
+    /// there punches the file. info and trim say n/a for what a device holds.
+    /// </summary>
+    [Fact]
+    public async Task A_block_device_gets_freed_pblks_discarded()
+    {
+        using var scratch = new Scratch();
+        string backing = scratch.File("loop.img");
+        await using (var file = File.Create(backing))
+            file.SetLength(64 * MiB);
+        var losetup = await ExternalTool.TryRunAsync("losetup", ["-f", "--show", backing]);
+        Assert.True(losetup.ExitCode == 0, $"losetup could not attach a loop device (the test needs root and /dev/loop-control): {losetup}");
+        string device = losetup.StandardOutput.Trim();
+        try
+        {
+            await CbdTool.RunAsync(0, "format", device, "--force");
+            string random = scratch.File("random.bin");
+            await File.WriteAllBytesAsync(random, RandomBytes(8 * (int)MiB, 4));
+            long written = 0;
+            await ServeAsync(scratch, device, [], async uri =>
+            {
+                await ExternalTool.QemuIoAsync(uri, [$"write -s {random} 0 8M", "flush"]);
+                written = await BackingAllocatedAsync(backing);
+                await ExternalTool.QemuIoAsync(uri, ["discard 0 8M", "flush"]);
+            });
+            long discarded = await BackingAllocatedAsync(backing);
+            Assert.True(written >= 8 * MiB && discarded < MiB, $"the loop device's file held {written} bytes with 8 MiB stored, {discarded} after the discard");
+
+            var info = await CbdTool.RunAsync(0, "info", device, "--json");
+            using (var json = JsonDocument.Parse(info.StandardOutput))
+                Assert.Equal(JsonValueKind.Null, json.RootElement.GetProperty("store_allocated_bytes").ValueKind);
+            var trim = await CbdTool.RunAsync(0, "trim", device);
+            Assert.Contains("n/a (a block device", trim.StandardOutput);
+        }
+        finally
+        {
+            await ExternalTool.TryRunAsync("losetup", ["-d", device]);
+        }
+    }
+
+    /// <summary>What the loop device's file takes on its filesystem.</summary>
+    private static async Task<long> BackingAllocatedAsync(string path)
+    {
+        await using var store = FileBackingStore.OpenShared(path);
+        return store.AllocatedBytes!.Value;
     }
 
     [Fact]
