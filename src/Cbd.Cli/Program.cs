@@ -53,6 +53,7 @@ public static class Program
             InfoCommand.Create(),
             CheckCommand.Create(),
             ResizeCommand.Create(),
+            TrimCommand.Create(),
             TuneCommand.Create(),
             ImportCommand.Create(),
             ExportCommand.Create(),

@@ -3,7 +3,7 @@ namespace Cbd.Cli.Tests;
 /// <summary>Help, version, usage errors and the one-line reports of files that are missing or are no cbd image.</summary>
 public class CommandLineTests
 {
-    public static TheoryData<string> Commands => ["format", "info", "check", "resize", "tune", "import", "export", "serve"];
+    public static TheoryData<string> Commands => ["format", "info", "check", "resize", "trim", "tune", "import", "export", "serve"];
 
     [Fact]
     public async Task No_arguments_prints_help_listing_every_command()
@@ -60,6 +60,7 @@ public class CommandLineTests
     [Theory]
     [InlineData("info", "{image}")]
     [InlineData("resize", "{image}", "--size", "64M")]
+    [InlineData("trim", "{image}")]
     [InlineData("tune", "{image}", "--zero-detect", "off")]
     [InlineData("export", "{image}", "{scratch}/out.img")]
     public async Task A_missing_image_is_one_line_exit_1(params string[] template)

@@ -32,6 +32,7 @@ public sealed partial class ManPageTests
     [InlineData("info")]
     [InlineData("check")]
     [InlineData("resize")]
+    [InlineData("trim")]
     [InlineData("tune")]
     [InlineData("import")]
     [InlineData("export")]

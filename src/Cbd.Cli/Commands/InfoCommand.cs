@@ -45,7 +45,7 @@ public static class InfoCommand
             // The writer changed the header (a close, a resize) between two reads: nothing here is wrong with the image.
             throw new CliException($"{path}: changed while it was read (it is in use by another process): {e.Message}; run cbd info again");
         }
-        var info = ToJson(path, store.Length, usage) with { InUse = inUse };
+        var info = ToJson(path, store.Length, usage) with { InUse = inUse, StoreAllocatedBytes = store.AllocatedBytes };
         if (json)
         {
             CliJsonContext.Print(info, CliJsonContext.Default.InfoJson);
@@ -105,6 +105,9 @@ public static class InfoCommand
             $"{SizeParser.FormatApproximate(u.LogicalBytesUsed)} of logical data");
         fields.Add("pblks used", $"{u.PblksUsed} of {u.PblksTotal} ({u.FillPercent:0.###} %), " +
             $"{SizeParser.FormatApproximate(u.PhysicalBytesUsed)} stored");
+        fields.Add("store allocated", info.StoreAllocatedBytes is { } allocated
+            ? $"{SizeParser.FormatApproximate(allocated)} of the file's {SizeParser.FormatApproximate(info.StoreBytes)} (what it takes on its filesystem)"
+            : "n/a (a block device: every byte is its own)");
         fields.Add("compression ratio", $"{u.CompressionRatio:0.000} (logical bytes in use / bytes stored)");
         if (u.ScanErrors > 0 && info.InUse)
         {

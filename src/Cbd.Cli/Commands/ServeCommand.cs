@@ -76,6 +76,29 @@ public static class ServeCommand
         CustomParser = ParseFlushDelay,
     };
 
+    private static readonly Option<DiscardMode> s_discard = new("--discard")
+    {
+        Description = "What becomes of the pblks the device frees (a rewrite, a trim), once the commit that frees them is durable: " +
+            "unmap gives them back to the backing store (a hole punched in the file, a discard on a block device), so the file holds about " +
+            "what its data compresses to; ignore leaves them allocated. Default: unmap.",
+        HelpName = "unmap|ignore",
+        DefaultValueFactory = _ => DiscardMode.Unmap,
+        CustomParser = result =>
+        {
+            string text = result.Tokens.Count > 0 ? result.Tokens[^1].Value : "";
+            switch (text)
+            {
+                case "unmap":
+                    return DiscardMode.Unmap;
+                case "ignore":
+                    return DiscardMode.Ignore;
+                default:
+                    result.AddError($"--discard: '{text}', expected unmap or ignore.");
+                    return default;
+            }
+        },
+    };
+
     private static readonly Option<string?> s_pidFile = new("--pid-file", "-P")
     {
         Description = "Write the process id here once the server accepts connections and has printed its URIs; removed on exit. A symbolic link is refused.",
@@ -146,6 +169,7 @@ public static class ServeCommand
             s_image, s_socket, s_socketMode, s_socketGroup, s_listen, s_name, s_readOnly, s_cache, s_flushDelay, s_pidFile, s_create, s_size,
             s_maxConnections, s_handshakeTimeout, s_tls, s_tlsCertificates, s_tlsVerifyPeer, s_metrics,
         };
+        command.Options.Add(s_discard);
         command.Validators.Add(result =>
         {
             bool create = result.GetValue(s_create);
@@ -188,6 +212,7 @@ public static class ServeCommand
         {
             CacheBytes = parse.GetValue(s_cache) ?? deviceOptions.CacheBytes,
             FlushDelay = parse.GetValue(s_flushDelay) is { } seconds ? TimeSpan.FromSeconds(seconds) : deviceOptions.FlushDelay,
+            Discard = parse.GetValue(s_discard),
         };
 
         if (parse.GetValue(s_pidFile) is { } pidPath)

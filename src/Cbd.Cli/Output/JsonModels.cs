@@ -3,7 +3,7 @@ using System.Text.Json.Serialization;
 
 namespace Cbd.Cli.Output;
 
-// The JSON that `cbd info --json` and `cbd check --json` print. docs/CLI.md documents every key;
+// The JSON that `cbd info --json`, `cbd check --json` and `cbd trim --json` print. docs/CLI.md documents every key;
 // keys are snake_case, numbers are JSON numbers, and a key whose value is unknown is present as null.
 // Adding a key keeps JsonVersion; renaming or removing one, or changing its meaning, raises it.
 
@@ -15,7 +15,8 @@ public sealed record InfoJson(
     GeometryJson Geometry,
     UsageJson Usage,
     IReadOnlyList<ZoneJson> Zones,
-    bool InUse = false);
+    bool InUse = false,
+    long? StoreAllocatedBytes = null);
 
 public sealed record HeaderJson(
     int VersionMajor,
@@ -87,9 +88,21 @@ public sealed record ProblemJson(string Kind, string Severity, ulong? Lblk, uint
 
 public sealed record RepairJson(bool Repaired, bool Wrote, string? CannotRepairReason, IReadOnlyList<ulong> LostLblks, IReadOnlyList<string> Actions);
 
+public sealed record TrimJson(
+    int JsonVersion,
+    string Image,
+    string Source,
+    long FreePblks,
+    long FreeBytes,
+    long Runs,
+    long? AllocatedBytesBefore,
+    long? AllocatedBytesAfter,
+    long? ReleasedBytes);
+
 [JsonSourceGenerationOptions(PropertyNamingPolicy = JsonKnownNamingPolicy.SnakeCaseLower, WriteIndented = true)]
 [JsonSerializable(typeof(InfoJson))]
 [JsonSerializable(typeof(CheckJson))]
+[JsonSerializable(typeof(TrimJson))]
 public sealed partial class CliJsonContext : JsonSerializerContext
 {
     public const int Version = 1;

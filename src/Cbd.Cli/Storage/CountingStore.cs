@@ -27,6 +27,8 @@ public sealed class CountingStore(IBackingStore inner, IProgress<long>? progress
     }
 
     public ValueTask FlushAsync(CancellationToken cancellationToken = default) => inner.FlushAsync(cancellationToken);
+    public ValueTask<bool> DeallocateAsync(long offset, long length, CancellationToken cancellationToken = default) => inner.DeallocateAsync(offset, length, cancellationToken);
+    public long? AllocatedBytes => inner.AllocatedBytes;
     public ValueTask SetLengthAsync(long length, CancellationToken cancellationToken = default) => inner.SetLengthAsync(length, cancellationToken);
     public ValueTask DisposeAsync() => ValueTask.CompletedTask;
 }

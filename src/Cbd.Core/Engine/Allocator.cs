@@ -108,6 +108,12 @@ internal sealed class Allocator
         return count;
     }
 
+    /// <summary>
+    /// True for a pblk claimed by more than one lblk, which stays in use whoever lets go of it. The set is filled by
+    /// <see cref="ApplyClaimsAsync"/>, which every allocation and free waits for, and does not change after.
+    /// </summary>
+    public bool StaysInUse(ulong pblk) => _neverFree.Contains(pblk);
+
     /// <summary>Returns pblks to the free space. Call only once nothing durable refers to them.</summary>
     public async ValueTask FreeAsync(IReadOnlyList<ulong> pblks, CancellationToken cancellationToken)
     {

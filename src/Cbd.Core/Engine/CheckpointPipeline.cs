@@ -32,6 +32,7 @@ internal sealed class CheckpointPipeline
     private readonly IBackingStore _store;
     private readonly LbatCache _lbat;
     private readonly Allocator _alloc;
+    private readonly PblkReleaser _releaser;
     private readonly LblkCache _cache;
     private readonly LblkIo _io;
     private readonly UsedCounts _used;
@@ -53,13 +54,14 @@ internal sealed class CheckpointPipeline
     private TaskCompletionSource _progress = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private volatile Exception? _failed;
 
-    public CheckpointPipeline(IBackingStore store, LbatCache lbat, Allocator alloc, LblkCache cache, LblkIo io, UsedCounts used,
+    public CheckpointPipeline(IBackingStore store, LbatCache lbat, Allocator alloc, PblkReleaser releaser, LblkCache cache, LblkIo io, UsedCounts used,
         DeviceRecovery recovery, DamageLog damage, int parallelism, CheckpointFault fault, EngineCounters counters)
     {
         _counters = counters;
         _store = store;
         _lbat = lbat;
         _alloc = alloc;
+        _releaser = releaser;
         _cache = cache;
         _io = io;
         _used = used;
@@ -280,11 +282,13 @@ internal sealed class CheckpointPipeline
                 await _alloc.FreeAsync(freed, ct).ConfigureAwait(false);
                 freed = [];
             }
+            if (_fault == CheckpointFault.PunchBeforeCommitFsync)
+                await _releaser.PunchAsync(freed, ct).ConfigureAwait(false);
             if (freed.Count > 0 || _lbat.HasDirty)
             {
                 await _lbat.WriteDirtyAsync(ct).ConfigureAwait(false);
                 await _store.FlushAsync(ct).ConfigureAwait(false);
-                await _alloc.FreeAsync(freed, ct).ConfigureAwait(false);
+                await _releaser.ReleaseAsync(freed, ct).ConfigureAwait(false);
             }
             Interlocked.Exchange(ref _checkpointsCompleted, number);
             _counters.Checkpoints.ObserveSince(started);

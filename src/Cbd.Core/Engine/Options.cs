@@ -21,6 +21,12 @@ public sealed record DeviceOptions
     public Action<string>? Log { get; init; }
 
     /// <summary>
+    /// Whether the pblks the device frees go back to the backing store (a hole punched in a file, a discard on a block
+    /// device), once nothing durable names them: the store then holds about what the data compresses to.
+    /// </summary>
+    public DiscardMode Discard { get; init; } = DiscardMode.Unmap;
+
+    /// <summary>
     /// Takes <see cref="CacheBytes"/> as it is, below the floor of 4 lblks per compression thread plus 8
     /// that the device otherwise keeps, so that tests can hold write-back under memory pressure.
     /// </summary>
@@ -28,6 +34,16 @@ public sealed record DeviceOptions
 
     /// <summary>An ordering bug to inject into the checkpoints, for tests that must show they catch it.</summary>
     internal CheckpointFault Fault { get; init; }
+}
+
+/// <summary>What becomes of freed pblks in the backing store (qemu's discard=unmap|ignore).</summary>
+public enum DiscardMode
+{
+    /// <summary>Punched out of a file, discarded on a block device, after the commit that frees them.</summary>
+    Unmap,
+
+    /// <summary>Left as they are: the store keeps the space until the pblks are written again.</summary>
+    Ignore,
 }
 
 /// <summary>Deliberate breaks of the checkpoint order (docs/FORMAT.md, "Consistency"), for tests only.</summary>
@@ -40,4 +56,10 @@ internal enum CheckpointFault
 
     /// <summary>A commit frees the replaced pblks before the lbat fsync (step 6 before steps 4 and 5).</summary>
     FreeBeforeCommitFsync,
+
+    /// <summary>A commit punches the replaced pblks before the lbat writes and fsync (the punch of step 6 before steps 4 and 5).</summary>
+    PunchBeforeCommitFsync,
+
+    /// <summary>Freed pblks go back to the allocator before their punch, so a write-back may take one and see its data punched.</summary>
+    FreeBeforePunch,
 }

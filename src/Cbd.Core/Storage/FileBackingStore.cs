@@ -159,6 +159,34 @@ public sealed class FileBackingStore : IBackingStore
         }
     }
 
+    /// <summary>Set once the filesystem or device answered that it cannot deallocate: it is not asked again.</summary>
+    private volatile bool _cannotDeallocate;
+
+    // Runs on the calling thread like pwrite: a punch in a file takes microseconds. A discard on a block device can
+    // take longer, but the engine calls it from a commit, which nothing waits on but a flush.
+    public ValueTask<bool> DeallocateAsync(long offset, long length, CancellationToken cancellationToken = default)
+    {
+        if (!CanWrite)
+            throw new InvalidOperationException($"{Path} is open read-only");
+        try
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            if (_cannotDeallocate || length <= 0)
+                return ValueTask.FromResult(!_cannotDeallocate);
+            if (Deallocation.Deallocate(_handle, IsBlockDevice, offset, length, Path))
+                return ValueTask.FromResult(true);
+            _cannotDeallocate = true;
+            return ValueTask.FromResult(false);
+        }
+        catch (Exception ex)
+        {
+            return ValueTask.FromException<bool>(ex);
+        }
+    }
+
+    /// <summary>A file's st_blocks x 512; null for a block device, whose every byte is its own whatever is stored.</summary>
+    public long? AllocatedBytes => IsBlockDevice ? null : Deallocation.AllocatedBytes(_handle);
+
     public ValueTask FlushAsync(CancellationToken cancellationToken = default)
     {
         // fsync blocks; keep it off the caller's thread so the engine goes on serving reads meanwhile.

@@ -29,4 +29,16 @@ public interface IBackingStore : IAsyncDisposable
     /// default) answers <paramref name="offset"/> itself.
     /// </summary>
     long NextDataOffset(long offset) => offset;
+
+    /// <summary>
+    /// Gives a range back to the storage under the store: a hole punched in a file, a discard on a block device. What
+    /// the range reads afterwards is unspecified (zeros in a file; a device may return either), so call it only on
+    /// bytes nothing reads before writing them again. Returns false, having done nothing, when the store cannot (the
+    /// default, or a filesystem or device without the support); it then never can for the rest of its life.
+    /// </summary>
+    /// <exception cref="IOException">The store can deallocate but this call failed.</exception>
+    ValueTask<bool> DeallocateAsync(long offset, long length, CancellationToken cancellationToken = default) => ValueTask.FromResult(false);
+
+    /// <summary>Bytes the store takes on the storage under it (a file's st_blocks x 512); null where that cannot be told (a block device).</summary>
+    long? AllocatedBytes => null;
 }

@@ -56,9 +56,18 @@ public sealed class MemoryBackingStore(long length) : IBackingStore
             long chunk = offset >> ChunkShift;
             int within = (int)(offset & (ChunkSize - 1));
             int n = Math.Min(data.Length, ChunkSize - within);
-            var target = _chunks.GetOrAdd(chunk, static _ => new byte[ChunkSize]);
-            lock (target)
-                data[..n].CopyTo(target.AsSpan(within));
+            while (true)
+            {
+                var target = _chunks.GetOrAdd(chunk, static _ => new byte[ChunkSize]);
+                lock (target)
+                {
+                    // A deallocation may have dropped the chunk between the lookup and the lock: write to its successor.
+                    if (!_chunks.TryGetValue(chunk, out var current) || current != target)
+                        continue;
+                    data[..n].CopyTo(target.AsSpan(within));
+                    break;
+                }
+            }
             data = data[n..];
             offset += n;
         }
@@ -82,6 +91,37 @@ public sealed class MemoryBackingStore(long length) : IBackingStore
         }
         return ValueTask.CompletedTask;
     }
+
+    /// <summary>Zeros the range and drops every chunk left all zeros, which <see cref="AllocatedBytes"/> then no longer counts.</summary>
+    public ValueTask<bool> DeallocateAsync(long offset, long length, CancellationToken cancellationToken = default)
+    {
+        Deallocate(offset, length);
+        return ValueTask.FromResult(true);
+    }
+
+    public void Deallocate(long offset, long length)
+    {
+        CheckRange(offset, 0);
+        long end = Math.Min(offset + length, Length);
+        while (offset < end)
+        {
+            long chunk = offset >> ChunkShift;
+            int within = (int)(offset & (ChunkSize - 1));
+            int n = (int)Math.Min(end - offset, ChunkSize - within);
+            if (_chunks.TryGetValue(chunk, out var data))
+            {
+                lock (data)
+                {
+                    data.AsSpan(within, n).Clear();
+                    if (!data.AsSpan().ContainsAnyExcept((byte)0))
+                        _chunks.TryRemove(KeyValuePair.Create(chunk, data));
+                }
+            }
+            offset += n;
+        }
+    }
+
+    long? IBackingStore.AllocatedBytes => AllocatedBytes;
 
     public ValueTask FlushAsync(CancellationToken cancellationToken = default) => ValueTask.CompletedTask;
 

@@ -54,6 +54,8 @@ internal static class DeviceTestKit
         public ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, CancellationToken cancellationToken = default) => inner.WriteAsync(offset, data, cancellationToken);
         public ValueTask FlushAsync(CancellationToken cancellationToken = default) => inner.FlushAsync(cancellationToken);
         public ValueTask ZeroRangeAsync(long offset, long length, CancellationToken cancellationToken = default) => inner.ZeroRangeAsync(offset, length, cancellationToken);
+        public ValueTask<bool> DeallocateAsync(long offset, long length, CancellationToken cancellationToken = default) => inner.DeallocateAsync(offset, length, cancellationToken);
+        public long? AllocatedBytes => inner.AllocatedBytes;
         public ValueTask SetLengthAsync(long length, CancellationToken cancellationToken = default) => inner.SetLengthAsync(length, cancellationToken);
         public ValueTask DisposeAsync() => ValueTask.CompletedTask;
     }

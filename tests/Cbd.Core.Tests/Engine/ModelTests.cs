@@ -491,6 +491,14 @@ public class ModelTests(ITestOutputHelper output)
                 return inner.ZeroRangeAsync(offset, length, cancellationToken);
         }
 
+        /// <summary>Freed pblks are punched as on a file, so the model sees the engine's punches too.</summary>
+        public ValueTask<bool> DeallocateAsync(long offset, long length, CancellationToken cancellationToken = default)
+        {
+            lock (_lock)
+                inner.Deallocate(offset, length);
+            return ValueTask.FromResult(true);
+        }
+
         public ValueTask FlushAsync(CancellationToken cancellationToken = default) => ValueTask.CompletedTask;
         public ValueTask SetLengthAsync(long length, CancellationToken cancellationToken = default) => throw new NotSupportedException();
         public ValueTask DisposeAsync() => ValueTask.CompletedTask;

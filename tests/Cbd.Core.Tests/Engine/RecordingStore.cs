@@ -3,7 +3,7 @@ using Cbd.Core.Storage;
 namespace Cbd.Core.Tests.Engine;
 
 /// <summary>
-/// A backing store that records every write and fsync, to build the images a power cut could leave.
+/// A backing store that records every write, punch and fsync, to build the images a power cut could leave.
 /// Writes complete at once. An fsync is held until a later write happens to complete it (a seeded chance)
 /// or <see cref="DriveAsync(Task)"/> finds the workload waiting on a quiet store, and then a seeded choice
 /// among those held completes: fsyncs complete late and out of order, several checkpoints are really in
@@ -22,6 +22,10 @@ internal sealed class RecordingStore : IBackingStore
 {
     public abstract record Entry;
     public sealed record Write(long Offset, byte[] Data) : Entry;
+
+    /// <summary>A range given back to the store (<see cref="IBackingStore.DeallocateAsync"/>): it reads as zeros from then
+    /// on, and it is durable, or not, or partly (by pblks), just as a write is.</summary>
+    public sealed record Punch(long Offset, long Length) : Entry;
 
     /// <summary>An fsync was called: it covers every write logged before this entry.</summary>
     public sealed record FlushStart(int Id) : Entry;
@@ -88,6 +92,22 @@ internal sealed class RecordingStore : IBackingStore
 
     public ValueTask ZeroRangeAsync(long offset, long length, CancellationToken cancellationToken = default) =>
         WriteAsync(offset, new byte[length], cancellationToken);
+
+    public ValueTask<bool> DeallocateAsync(long offset, long length, CancellationToken cancellationToken = default)
+    {
+        TaskCompletionSource activity;
+        lock (_lock)
+        {
+            _log.Add(new Punch(offset, length));
+            _inner.Deallocate(offset, length);
+            activity = NextActivityLocked();
+        }
+        activity.TrySetResult();
+        return ValueTask.FromResult(true);
+    }
+
+    /// <summary>Punches logged so far.</summary>
+    public int Punches { get { lock (_lock) return _log.Count(e => e is Punch); } }
 
     public ValueTask FlushAsync(CancellationToken cancellationToken = default)
     {
@@ -191,6 +211,11 @@ internal sealed class RecordingStore : IBackingStore
         int durable = DurablePrefix(log, cut);
         for (int i = 0; i < cut; i++)
         {
+            if (log[i] is Punch punch)
+            {
+                ApplyPunch(image, punch, durable: i < durable, random);
+                continue;
+            }
             if (log[i] is not Write write)
                 continue;
             if (i < durable)
@@ -216,5 +241,19 @@ internal sealed class RecordingStore : IBackingStore
             }
         }
         return image;
+    }
+
+    /// <summary>A durable punch landed whole; a later one may have reached any subset of its pblks, or none.</summary>
+    private static void ApplyPunch(MemoryBackingStore image, Punch punch, bool durable, Random random)
+    {
+        const int Pblk = 4096;
+        int mode = durable ? 2 : random.Next(4);
+        if (mode == 0)
+            return;
+        for (long at = punch.Offset; at < punch.Offset + punch.Length; at += Pblk)
+        {
+            if (mode != 1 || random.Next(2) == 0)
+                image.Deallocate(at, Math.Min(Pblk, punch.Offset + punch.Length - at));
+        }
     }
 }
