@@ -13,6 +13,7 @@ bench_required=(
   nbdcopy:libnbd-bin nbdinfo:libnbd-bin qemu-img:qemu-utils qemu-nbd:qemu-utils
   fio:fio nbdkit:nbdkit mkfs.ext4:e2fsprogs dumpe2fs:e2fsprogs
   gnuplot:gnuplot-nox jq:jq sha256sum:coreutils numfmt:coreutils
+  nbdfuse:libnbd-bin fusermount3:fuse3 losetup:mount mountpoint:util-linux
 )
 
 # Prints the packages (once each) whose binaries are not on PATH.
@@ -68,7 +69,7 @@ drop_caches() {
 }
 
 # Allocated bytes of a file (sparse regions and unwritten blocks excluded).
-allocated_bytes() { stat -c '%b %B' "$1" | awk '{ printf "%d", $1 * $2 }'; }
+allocated_bytes() { stat -c '%b %B' "$1" | awk '{ printf "%.0f", $1 * $2 }'; }
 
 # SIZE with an optional K/M/G/T suffix (powers of 1024) in bytes.
 parse_size() {

@@ -3,10 +3,12 @@
 #
 # measurements.tsv: server  workload  round  seconds  MB/s  IOPS   (IOPS "-" for the nbdcopy steps)
 
-workloads=(w1 w2 randwrite randread seqwrite)
+# bench/run sets the workloads it runs.
+workloads=(w1 w2 randwrite randread seqwrite w4in w4out)
 declare -A workload_short=(
   [w1]="W1 copy in" [w2]="W2 copy out" [randwrite]="W3 rand write 4K"
   [randread]="W3 rand read 4K" [seqwrite]="W3 seq write 1M"
+  [w4in]="W4 slow copy in" [w4out]="W4 slow copy out"
 )
 declare -A workload_title=(
   [w1]="\`nbdcopy --flush corpus.img EXPORT\` into the fresh export; MB/s is the corpus' logical bytes (zero runs included) over the time taken"
@@ -14,6 +16,8 @@ declare -A workload_title=(
   [randwrite]="fio random write, 4 KiB blocks, iodepth 16, time-based, ending with a flush that fio counts in the time"
   [randread]="fio random read, 4 KiB blocks, iodepth 16, time-based"
   [seqwrite]="fio sequential write of the whole export, 1 MiB blocks, iodepth 16, \`buffer_compress_percentage=60\`, \`refill_buffers\`, ending with a flush"
+  [w4in]="W1 into a fresh export whose backing file is on a slow disk of its own (see the W4 section)"
+  [w4out]="W2 from that export, the page cache dropped first, so every byte the server reads crosses the throttle"
 )
 
 # best SERVER WORKLOAD: "seconds MB/s IOPS" of the round with the highest throughput.
@@ -134,8 +138,8 @@ write_report() {
     echo
     echo "Corpus: ext4 image of $(mib "$corpus_bytes") MiB, ${corpus_used_pct}% used, holding $corpus_files files"
     echo "($(mib "$corpus_file_bytes") MiB) sampled from ${corpus_sources[*]}; ${floor[zero_lblks]} of its ${floor[lblks]} 64 KiB blocks are all zeroes."
-    echo "Each server serves a fresh export of the corpus' size on a Unix socket; W1, W2 and W3 run in that"
-    echo "order on each, the servers taking turns at each step. fio: $fio_runtime s per random job, best of"
+    echo "Each server serves a fresh export of the corpus' size on a Unix socket; the workloads run in the"
+    echo "order listed, the servers taking turns at each step. fio: $fio_runtime s per random job, best of"
     echo "$rounds round(s). Page cache dropped before each measured step: $(drop_caches_summary)."
     echo "Ratios are throughput over the reference's (MB/s, or IOPS, which is the same thing): above 1, faster."
     echo
@@ -147,21 +151,16 @@ write_report() {
     write_table
     echo
     local s verified=""
-    for s in "${server_names[@]}"; do verified+="${verified:+, }$s ${w2_verified[$s]:-not run}"; done
-    echo "W2's out.img against the corpus' sha256: $verified."
-    echo
-    echo "## Space after W1"
-    echo
-    echo "Bytes allocated to the server's backing file (\`stat\` blocks × 512) once W1's flush returned,"
-    echo "for the corpus' $corpus_bytes logical bytes. The floor is what cbd's format needs at the least:"
-    echo "each non-zero 64 KiB block of the corpus compressed on its own (plus the format's one-byte tag),"
-    echo "rounded up to 4 KiB pblks, or stored whole when that saves no pblk; metadata not counted."
-    echo
-    write_space_table
-    echo
+    if [[ $run_main -eq 1 ]]; then
+      for s in "${server_names[@]}"; do verified+="${verified:+, }$s ${w2_verified[$s]:-not run}"; done
+      echo "W2's out.img against the corpus' sha256: $verified."
+      echo
+    fi
+    [[ $run_w4 -eq 0 ]] || write_w4_section
+    [[ $run_main -eq 0 ]] || write_space_section
     echo "## Peak memory"
     echo
-    echo "VmHWM of each server's process just before it was stopped, after every workload, and how long it"
+    echo "VmHWM of each server's process just before it was stopped, after every workload$([[ $run_main -eq 0 ]] || echo " but W4"), and how long it"
     echo "took to exit once sent SIGTERM."
     echo
     write_memory_table
@@ -173,6 +172,41 @@ write_report() {
     echo "well above the load this run adds (about 2) means other work shared the machine."
   } >"$md"
   write_chart
+}
+
+write_space_section() {
+  echo "## Space after W1"
+  echo
+  echo "Bytes allocated to the server's backing file (\`stat\` blocks × 512) once W1's flush returned,"
+  echo "for the corpus' $corpus_bytes logical bytes. The floor is what cbd's format needs at the least:"
+  echo "each non-zero 64 KiB block of the corpus compressed on its own (plus the format's one-byte tag),"
+  echo "rounded up to 4 KiB pblks, or stored whole when that saves no pblk; metadata not counted."
+  echo
+  write_space_table
+  echo
+}
+
+write_w4_section() {
+  local s verified=""
+  echo "## W4: a slow disk"
+  echo
+  echo "Each server's backing file on a disk of its own, fresh for the run: \`nbdkit memory\` behind the rate"
+  echo "filter at $slow_disk_mib MiB/s for reads and $slow_disk_mib MiB/s for writes (zeroing and trimming are free there, as"
+  echo "they carry no data), made a file by nbdfuse, a loop device on that file, ext4 on the loop device."
+  echo "The page cache is dropped before each step (the FUSE file's pages with it), so the server's reads"
+  echo "come from the disk. Bytes moved: the loop device's own counters over the step, after the flush"
+  echo "and a sync for the copy in. nbdkit-file's raw file and qemu-nbd's qcow2 image are sparse: the"
+  echo "corpus' zero runs become holes that cost no bytes on the disk, as they would on a real one."
+  echo
+  echo "| server | copy in s | written MiB | allocated MiB | copy out s | read MiB |"
+  echo "| --- | ---: | ---: | ---: | ---: | ---: |"
+  for s in "${server_names[@]}"; do
+    echo "| $s | $(best "$s" w4in | cut -d' ' -f1) | $(mib "${w4_written_bytes[$s]:-0}") | $(mib "${w4_physical_bytes[$s]:-0}") | $(best "$s" w4out | cut -d' ' -f1) | $(mib "${w4_read_bytes[$s]:-0}") |"
+  done
+  echo
+  for s in "${server_names[@]}"; do verified+="${verified:+, }$s ${w4_verified[$s]:-not run}"; done
+  echo "W4's out.img against the corpus' sha256: $verified."
+  echo
 }
 
 # The commit cbd was built from, marked when src/ differs from it, and which build ran.

@@ -16,21 +16,24 @@ format_cbd() {
   "$cbd" format "$image" --size "$export_size" --logical-size "$export_size" --compression "$compression"
 }
 
+# start_server NAME [DIR [TAG]]: NAME serving a fresh export, its backing file in DIR (default:
+# work), its logs named NAME-TAG.
 start_server() {
-  local name="$1" socket="$sockets/$1.sock" log="$work/$1.log"
+  local name="$1" dir="${2:-$work}" tag="$1${3:+-$3}" socket="$sockets/$1.sock"
+  local log="$work/$tag.log"
   local pidfile="$sockets/$1.pid"
   rm -f "$socket" "$pidfile"
   case "$name" in
     cbd | cbd-zstd)
-      local image="$work/$name.cbd"
+      local image="$dir/$name.cbd"
       rm -f "$image"
-      format_cbd "$image" "$([[ $name == cbd ]] && echo lz4 || echo zstd)" >"$work/$name-format.log" 2>&1 \
-        || { cat "$work/$name-format.log" >&2; die "formatting $image failed"; }
+      format_cbd "$image" "$([[ $name == cbd ]] && echo lz4 || echo zstd)" >"$work/$tag-format.log" 2>&1 \
+        || { cat "$work/$tag-format.log" >&2; die "formatting $image failed"; }
       "$cbd" serve "$image" --socket "$socket" --pid-file "$pidfile" >"$log" 2>&1 &
       server_backing[$name]="$image"
       ;;
     nbdkit-file)
-      local raw="$work/nbdkit.raw"
+      local raw="$dir/nbdkit.raw"
       rm -f "$raw"
       truncate -s "$export_size" "$raw"
       # --unix alone: nbdkit opens no TCP port.
@@ -38,7 +41,7 @@ start_server() {
       server_backing[$name]="$raw"
       ;;
     qemu-nbd)
-      local qcow2="$work/qemu.qcow2"
+      local qcow2="$dir/qemu.qcow2"
       rm -f "$qcow2"
       qemu-img create -q -f qcow2 "$qcow2" "$export_size"
       # --persistent: serve one client after another; --shared: nbdcopy opens several connections.
