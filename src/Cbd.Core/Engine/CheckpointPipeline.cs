@@ -132,6 +132,7 @@ internal sealed class CheckpointPipeline
                 catch (Exception e) when (e is not OperationCanceledException)
                 {
                     _failed ??= e;
+                    SignalProgress();
                     throw;
                 }
             }
@@ -177,6 +178,8 @@ internal sealed class CheckpointPipeline
             // memory may not be: stop taking writes rather than risk them.
             _failed ??= e;
             _cache.Unpin(batch);
+            // Writers held back by a full cache learn of the failure now: no publication will wake them.
+            SignalProgress();
             throw;
         }
         return (batch, results);

@@ -70,6 +70,29 @@ public class FailureTests
         await device.FlushAsync();
     }
 
+    /// <summary>
+    /// Writers held back by a full cache wait for a checkpoint's progress. When the checkpoint's write-back fails,
+    /// that failure is their news: they must get it, not wait for a progress that will never come.
+    /// </summary>
+    [Fact]
+    public async Task Writers_held_back_by_a_full_cache_get_the_write_back_failure_instead_of_waiting_for_ever()
+    {
+        var memory = await DeviceTestKit.FormatAsync(8 << 20, new FormatOptions { LblkSize = LblkSize });
+        var faulty = new FaultInjectingStore(memory);
+        var options = new DeviceOptions { CacheBytes = 8 * LblkSize, ExactCacheSize = true, FlushDelay = TimeSpan.FromHours(1), WriteBackParallelism = 1 };
+        await using var device = await DeviceTestKit.OpenAsync(faulty, options);
+        faulty.FailWritesAfter = faulty.Writes;
+
+        var writes = Enumerable.Range(0, 32)
+            .Select(lblk => Task.Run(async () => await device.WriteAsync((long)lblk * LblkSize, DeviceTestKit.Random(LblkSize, lblk))))
+            .ToArray();
+        var all = Task.WhenAll(writes);
+        var finished = await Task.WhenAny(all, Task.Delay(TimeSpan.FromSeconds(60)));
+        Assert.True(finished == all, $"{writes.Count(w => !w.IsCompleted)} of {writes.Length} writes still waiting a minute after write-back failed");
+        Assert.Contains(writes, w => w.IsFaulted);
+        faulty.FailWritesAfter = null;
+    }
+
     [Fact]
     public async Task Write_error_fails_the_flush_then_every_write_while_reads_go_on_and_the_image_stays_consistent()
     {
