@@ -86,10 +86,25 @@ public class ModelTests(ITestOutputHelper output)
             $"{Runs} runs: {OutOfSpace} writes failed for lack of space, {Crashes} crashes, {Groups} concurrent groups ({OverlappingGroups} with changes to one lblk overlapping)";
     }
 
+    /// <summary>
+    /// One run that reaches every case the tally asks for whatever the sampling draws: incompressible data
+    /// over the whole device (more than the 640 KiB physical holds), a crash, two writes to one lblk at once.
+    /// </summary>
+    private static readonly Op[] s_everyCase =
+    [
+        new(Kind.Fill, 0, 24 * LblkSize, 1, false),
+        new(Kind.Fill, 24 * LblkSize, 24 * LblkSize, 2, false),
+        new(Kind.Fill, 48 * LblkSize, 16 * LblkSize, 3, false),
+        new(Kind.Crash, 0, 0, 0, true),
+        new(Kind.Concurrent, 0, 0, 0, false, [new(Kind.Write, 0, LblkSize, 4, false), new(Kind.Write, 0, LblkSize, 5, false)]),
+        new(Kind.Read, 0, LogicalSize, 0, false),
+    ];
+
     [Fact]
     public async Task Device_agrees_with_a_byte_array_model()
     {
         var tally = new Tally();
+        await RunAsync(s_everyCase, zeroDetect: false, cacheLblks: 1, physical: 640 << 10, tally);
         await s_case.SampleAsync(async c => await RunAsync(c.Ops, c.ZeroDetect, c.Cache, c.Physical, tally), iter: s_iterations, threads: 1,
             print: c => $"zeroDetect={c.ZeroDetect} cacheLblks={c.Cache} physical={c.Physical}: " + string.Join(", ", c.Ops.Select(o => o.ToString())));
         output.WriteLine(tally.ToString());
