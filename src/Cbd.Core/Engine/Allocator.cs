@@ -114,6 +114,40 @@ internal sealed class Allocator
     /// </summary>
     public bool StaysInUse(ulong pblk) => _neverFree.Contains(pblk);
 
+    /// <summary>
+    /// Takes those of <paramref name="pblks"/> that are free now out of the free space, so that nothing is
+    /// allocated in them until <see cref="FreeAsync"/> gives them back, and adds them to <paramref name="claimed"/>.
+    /// Space promised to reservations is left alone: at most the free pblks not reserved are claimed.
+    /// </summary>
+    public async ValueTask ClaimFreeAsync(IReadOnlyList<ulong> pblks, List<ulong> claimed, CancellationToken cancellationToken)
+    {
+        await _pbatLock.WaitAsync(cancellationToken).ConfigureAwait(false);
+        try
+        {
+            foreach (ulong pblk in pblks)
+            {
+                if (_neverFree.Contains(pblk) || !_geometry.TryLocateDataPblk(pblk, out uint zone, out int bit))
+                    continue;
+                var pbat = await GetPbatAsync(zone, cancellationToken).ConfigureAwait(false);
+                if (pbat.IsSet(bit))
+                    continue;
+                // Taken out of the free space one at a time, so a reservation made meanwhile is never promised it.
+                lock (_spaceLock)
+                {
+                    if (_free - _reserved < 1)
+                        break;
+                    _free--;
+                }
+                pbat.Set(bit);
+                claimed.Add(pblk);
+            }
+        }
+        finally
+        {
+            _pbatLock.Release();
+        }
+    }
+
     /// <summary>Returns pblks to the free space. Call only once nothing durable refers to them.</summary>
     public async ValueTask FreeAsync(IReadOnlyList<ulong> pblks, CancellationToken cancellationToken)
     {

@@ -100,9 +100,13 @@ internal sealed class CheckpointPipeline
     {
         await CheckpointAsync(Started, CancellationToken.None).ConfigureAwait(false);
         await _commit.ConfigureAwait(false);
+        await _releaser.ReleaseNotedAsync().ConfigureAwait(false);
         await _alloc.WriteDirtyAsync(CancellationToken.None).ConfigureAwait(false);
         await _store.FlushAsync().ConfigureAwait(false);
     }
+
+    /// <summary>When the device is idle: the pblks freed so far that are still free go back to the backing store (<see cref="PblkReleaser"/>).</summary>
+    public ValueTask ReleaseFreedAsync() => _releaser.ReleaseNotedAsync();
 
     /// <summary>
     /// Runs a checkpoint: writes back every dirty lblk and makes it durable. Skipped when a checkpoint numbered above

@@ -56,7 +56,7 @@ public sealed partial class CompressedDevice : IBlockDevice
         _used = new UsedCounts((long)header.LblkUsed, (long)header.PblkUsed);
         _recovery = new DeviceRecovery(geometry, store, alloc, _used, damage);
         _io = new LblkIo(geometry, store, _lbat, alloc, _cache.Buffers, codec, _zeroDetect, damage, Counters);
-        var releaser = new PblkReleaser(alloc, store, options, damage.Log);
+        var releaser = new PblkReleaser(alloc, store, options, damage.Log, (long)geometry.TotalDataPblks);
         _pipeline = new CheckpointPipeline(store, _lbat, alloc, releaser, _cache, _io, _used, _recovery, damage, parallelism, options.Fault, Counters);
         _scheduler = new WriteBackScheduler(_cache, _pipeline, options.FlushDelay);
         _admission = new WriteAdmission(geometry, _cache, _io, alloc, _space, _used, _pipeline, _scheduler);

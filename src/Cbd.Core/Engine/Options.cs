@@ -60,6 +60,6 @@ internal enum CheckpointFault
     /// <summary>A commit punches the replaced pblks before the lbat writes and fsync (the punch of step 6 before steps 4 and 5).</summary>
     PunchBeforeCommitFsync,
 
-    /// <summary>Freed pblks go back to the allocator before their punch, so a write-back may take one and see its data punched.</summary>
+    /// <summary>A punch gives the pblks it claimed back to the allocator before punching them, so a write-back may take one and see its data punched.</summary>
     FreeBeforePunch,
 }

@@ -5,43 +5,110 @@ using Cbd.Core.Storage;
 namespace Cbd.Core.Engine;
 
 /// <summary>
-/// Step 6 of a checkpoint (docs/FORMAT.md, "Consistency"): the pblks its commit replaced go back to the backing
-/// store (<see cref="IBackingStore.DeallocateAsync"/>, in runs of consecutive pblks, so a checkpoint makes few calls),
-/// then to the allocator. Without it a busy image's file grows to its full physical size whatever its data
-/// compresses to, since every rewrite lands in other pblks.
+/// Step 6 of a checkpoint (docs/FORMAT.md, "Consistency"): the pblks its commit replaced go back to the allocator,
+/// and those that stay free go back to the backing store (<see cref="IBackingStore.DeallocateAsync"/>, in runs of
+/// consecutive pblks). Without it a busy image's file grows to its full physical size whatever its data compresses
+/// to, since every rewrite lands in other pblks.
 /// </summary>
 /// <remarks>
+/// <para>
+/// When: a hole punch costs a syscall and the file's next write there a block allocation, and under rewrites
+/// most freed pblks are taken again soon; punching each commit's freed pblks at once ran random 4 KiB writes at
+/// 0.4 of their speed without. So freed pblks are only noted here, and those still free are punched when the device
+/// is idle (<see cref="WriteBackScheduler"/> finds nothing dirty), at a clean close, or when the noted pblks reach a
+/// quarter of the data pblks, which bounds what the file holds beyond the data.
+/// </para>
+/// <para>
 /// A punch destroys what the pblk holds, so it must reach no pblk that anything may still read:
 /// <list type="bullet">
 /// <item>not before the commit's fsync, which makes the entries that replaced the old ones durable: until then a
-/// power cut brings the old entries back, and they must find their data (the caller's order);</item>
-/// <item>not after the pblk was handed out again and written: the pblks go back to the allocator only once their
-/// punch is done, and until then nobody can be given them. Commits run one at a time, and a later checkpoint's
-/// write-back, which may run meanwhile, allocates only pblks already free;</item>
+/// power cut brings the old entries back, and they must find their data (pblks are noted here only after it);</item>
+/// <item>not after the pblk was handed out again: each punch first claims its pblks from the allocator
+/// (<see cref="Allocator.ClaimFreeAsync"/>, only those still free), so nothing is allocated in them until the punch
+/// is done and they are freed again;</item>
 /// <item>never a pblk claimed by more than one lblk (<see cref="Allocator.StaysInUse"/>), which is never freed. The
 /// pblks of an invalid entry are never in the list: the commit leaves them in use.</item>
 /// </list>
 /// A store that cannot deallocate (a filesystem without holes, a device without discard) is told once in the log and
 /// not asked again; so is a punch that fails, which loses nothing (the pblks keep their old bytes) and must not fail
 /// a checkpoint whose data is durable already.
+/// </para>
 /// </remarks>
-internal sealed class PblkReleaser(Allocator allocator, IBackingStore store, DeviceOptions options, Action<string> log)
+internal sealed class PblkReleaser(Allocator allocator, IBackingStore store, DeviceOptions options, Action<string> log, long totalDataPblks)
 {
     private volatile bool _punching = options.Discard == DiscardMode.Unmap && !options.ReadOnly;
+    private readonly int _notedLimit = (int)Math.Clamp(totalDataPblks / 4, 4096, 1 << 24);
+    private readonly Lock _lock = new();
+    /// <summary>pblks freed since the last punch, some of them maybe taken again since.</summary>
+    private List<ulong> _noted = [];
 
-    /// <summary>Punches <paramref name="freed"/> out of the store, then returns them to the allocator. Call only after the fsync of the commit that freed them.</summary>
+    /// <summary>
+    /// Returns <paramref name="freed"/> to the allocator and notes them for punching; when a quarter of the data pblks
+    /// are noted, punches those still free. Call only after the fsync of the commit that freed them.
+    /// </summary>
     public async ValueTask ReleaseAsync(IReadOnlyList<ulong> freed, CancellationToken cancellationToken)
     {
-        if (freed.Count == 0)
-            return;
-        if (options.Fault == CheckpointFault.FreeBeforePunch)
-        {
+        if (freed.Count > 0)
             await allocator.FreeAsync(freed, cancellationToken).ConfigureAwait(false);
-            await PunchAsync(freed, cancellationToken).ConfigureAwait(false);
+        if (!_punching || freed.Count == 0)
             return;
+        List<ulong> due;
+        lock (_lock)
+        {
+            _noted.AddRange(freed);
+            if (_noted.Count < _notedLimit)
+                return;
+            due = _noted;
+            _noted = [];
         }
-        await PunchAsync(freed, cancellationToken).ConfigureAwait(false);
-        await allocator.FreeAsync(freed, cancellationToken).ConfigureAwait(false);
+        await PunchStillFreeAsync(due).ConfigureAwait(false);
+    }
+
+    /// <summary>Punches every pblk noted so far that is still free: when the device is idle, and at a clean close.</summary>
+    public async ValueTask ReleaseNotedAsync()
+    {
+        if (!_punching)
+            return;
+        List<ulong> due;
+        lock (_lock)
+        {
+            if (_noted.Count == 0)
+                return;
+            due = _noted;
+            _noted = [];
+        }
+        await PunchStillFreeAsync(due).ConfigureAwait(false);
+    }
+
+    /// <summary>pblks claimed and punched at once: few enough that writers hardly ever find the free space they need held by a punch.</summary>
+    private const int PunchBatch = 4096;
+
+    // Not cancellable: what is claimed must be freed again.
+    private async ValueTask PunchStillFreeAsync(List<ulong> pblks)
+    {
+        pblks.Sort();
+        var claimed = new List<ulong>(Math.Min(pblks.Count, PunchBatch));
+        for (int at = 0; at < pblks.Count && _punching; at += PunchBatch)
+        {
+            claimed.Clear();
+            await allocator.ClaimFreeAsync(pblks.GetRange(at, Math.Min(PunchBatch, pblks.Count - at)), claimed, CancellationToken.None).ConfigureAwait(false);
+            try
+            {
+                if (options.Fault == CheckpointFault.FreeBeforePunch)
+                {
+                    await allocator.FreeAsync(claimed, CancellationToken.None).ConfigureAwait(false);
+                    var unclaimed = new List<ulong>(claimed);
+                    claimed.Clear();
+                    await PunchAsync(unclaimed, CancellationToken.None).ConfigureAwait(false);
+                    continue;
+                }
+                await PunchAsync(claimed, CancellationToken.None).ConfigureAwait(false);
+            }
+            finally
+            {
+                await allocator.FreeAsync(claimed, CancellationToken.None).ConfigureAwait(false);
+            }
+        }
     }
 
     /// <summary>Punches <paramref name="pblks"/> (any order, duplicates allowed) out of the store in runs of consecutive pblks.</summary>

@@ -3,7 +3,8 @@ namespace Cbd.Core.Engine;
 /// <summary>
 /// Decides when a checkpoint starts: on a timer once an lblk has been dirty for the flush delay, under memory
 /// pressure once the dirty lblks reach the cache's write-back threshold (<see cref="Kick"/>, from the writers'
-/// throttle), and on a flush. The checkpoint itself is <see cref="CheckpointPipeline"/>'s.
+/// throttle), and on a flush. The checkpoint itself is <see cref="CheckpointPipeline"/>'s. When a tick finds nothing
+/// dirty, it has the freed pblks released to the backing store (<see cref="PblkReleaser"/>).
 /// </summary>
 internal sealed class WriteBackScheduler(LblkCache cache, CheckpointPipeline pipeline, TimeSpan flushDelay)
 {
@@ -47,7 +48,21 @@ internal sealed class WriteBackScheduler(LblkCache cache, CheckpointPipeline pip
             bool due = _cache.IsWriteBackDue(_flushDelay);
             again = false;
             if (!due)
+            {
+                // Idle: nothing waits for write-back, so freed pblks go back to the backing store now.
+                if (_cache.DirtyCount == 0)
+                {
+                    try
+                    {
+                        await _pipeline.ReleaseFreedAsync().ConfigureAwait(false);
+                    }
+                    catch (Exception) when (!token.IsCancellationRequested)
+                    {
+                        // Only the pblks' release failed; the data is durable and the allocator whole.
+                    }
+                }
                 continue;
+            }
             try
             {
                 // Publication and commit go on behind: the next checkpoint may compress meanwhile.
