@@ -147,9 +147,8 @@ public sealed class FileBackingStore : IBackingStore
     {
         if (!CanWrite)
             throw new InvalidOperationException($"{Path} is open read-only");
-        // A regular file punches a hole: instant, and the blocks return to the filesystem.
-        const int KeepSize = 0x01, PunchHole = 0x02;
-        if (!IsBlockDevice && Fallocate(_handle, KeepSize | PunchHole, offset, length) == 0)
+        // A regular file punches a hole: instant, and the blocks return to the filesystem. Where it cannot, zeros are written.
+        if (!IsBlockDevice && TryPunch(offset, length))
             return;
         byte[] zeros = new byte[1 << 20];
         for (long done = 0; done < length; done += zeros.Length)
@@ -223,6 +222,18 @@ public sealed class FileBackingStore : IBackingStore
         return ValueTask.CompletedTask;
     }
 
+    private bool TryPunch(long offset, long length)
+    {
+        try
+        {
+            return Deallocation.Deallocate(_handle, blockDevice: false, offset, length, Path);
+        }
+        catch (IOException)
+        {
+            return false;
+        }
+    }
+
     private static bool TryGetBlockDeviceLength(SafeFileHandle handle, out long length)
     {
         const ulong BlkGetSize64 = 0x80081272; // _IOR(0x12, 114, size_t)
@@ -234,9 +245,6 @@ public sealed class FileBackingStore : IBackingStore
 
     [DllImport("libc", EntryPoint = "open", SetLastError = true)]
     private static extern int OpenFile([MarshalAs(UnmanagedType.LPUTF8Str)] string path, int flags);
-
-    [DllImport("libc", EntryPoint = "fallocate", SetLastError = true)]
-    private static extern int Fallocate(SafeFileHandle fd, int mode, long offset, long length);
 
     [DllImport("libc", EntryPoint = "lseek", SetLastError = true)]
     private static extern long Lseek(SafeFileHandle fd, long offset, int whence);
