@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Collections.Concurrent;
 using Cbd.Core.Format;
 using Cbd.Core.Storage;
@@ -23,9 +24,6 @@ internal sealed class LbatCache(Geometry geometry, IBackingStore store, int maxC
         public long LastUse;
     }
 
-    // An entry fits in a 512-byte sector, so it never has more than 256 pblk slots (16-bit numbers).
-    private const int MaxStackSlots = Layout.SectorSize / sizeof(ushort);
-
     private readonly ConcurrentDictionary<ulong, Page> _pages = new();
     private long _clock;
 
@@ -35,15 +33,16 @@ internal sealed class LbatCache(Geometry geometry, IBackingStore store, int maxC
     /// </summary>
     public async ValueTask<LblkAlloc> ReadAsync(ulong lblk, CancellationToken cancellationToken)
     {
-        var (page, offset) = await GetPageAsync(lblk, cancellationToken).ConfigureAwait(false);
-        var format = geometry.Alloc;
-        Span<ulong> slots = format.PblksPerLblk <= MaxStackSlots ? stackalloc ulong[format.PblksPerLblk] : new ulong[format.PblksPerLblk];
-        uint length, crc;
-        lock (page)
-            format.Read(page.Data.AsSpan(offset), slots, out length, out crc);
-        if (!LblkAlloc.TryValidate(geometry, length, crc, slots, out int used, out var error))
-            throw new InvalidDataException(error.Describe(geometry, lblk));
-        return used == 0 ? LblkAlloc.Unallocated : new LblkAlloc(length, crc, slots[..used].ToArray());
+        ulong[] slots = ArrayPool<ulong>.Shared.Rent(geometry.Alloc.PblksPerLblk);
+        try
+        {
+            var alloc = await ReadAsync(lblk, slots, cancellationToken).ConfigureAwait(false);
+            return alloc.IsAllocated ? new LblkAlloc(alloc.Length, alloc.Crc, alloc.Pblks.ToArray()) : LblkAlloc.Unallocated;
+        }
+        finally
+        {
+            ArrayPool<ulong>.Shared.Return(slots);
+        }
     }
 
     /// <summary>

@@ -1,3 +1,4 @@
+using System.Buffers;
 using Cbd.Core.Compression;
 using Cbd.Core.Format;
 using Cbd.Core.Storage;
@@ -43,41 +44,50 @@ internal sealed class LblkIo
         _counters.CountLookup(entry.Loaded);
         if (entry.Loaded)
             return;
-        LblkAlloc alloc;
+        // The entry's pblk numbers stay in a pooled array until the lblk is read: a cache miss allocates nothing.
+        ulong[] slots = ArrayPool<ulong>.Shared.Rent(_geometry.Alloc.PblksPerLblk);
         try
         {
-            alloc = await _lbat.ReadAsync(entry.Lblk, cancellationToken).ConfigureAwait(false);
-        }
-        catch (InvalidDataException e)
-        {
-            throw _damage.Damaged(entry.Lblk, $"invalid lblk_alloc entry ({DamageLog.WithoutLblk(e.Message)}); it reads as an I/O error until written whole or repaired (cbd check --repair)");
-        }
-        if (!alloc.IsAllocated)
-        {
-            entry.IsZero = true;
-            entry.Loaded = true;
-            return;
-        }
-        byte[] stored = _buffers.Rent();
-        try
-        {
-            await _store.ReadPblksAsync(alloc.Pblks, stored, cancellationToken: cancellationToken).ConfigureAwait(false);
-            byte[] data = _buffers.Rent();
-            var result = StoredLblk.Decode(_geometry.Alloc, entry.Lblk, alloc, stored, data);
-            if (!result.Ok)
+            LblkAlloc alloc;
+            try
             {
-                _buffers.Return(data);
-                throw result.Fault == StoredLblkFault.ChecksumMismatch
-                    ? _damage.Damaged(entry.Lblk, $"checksum mismatch (stored 0x{alloc.Crc:x8}, computed 0x{result.ComputedCrc:x8}) in pblks {alloc.Pblks}")
-                    : _damage.Damaged(entry.Lblk, $"stored bytes (algorithm id {result.AlgorithmId}, {result.StoredBytes} bytes) do not decompress to one {_lblkSize}-byte lblk");
+                alloc = await _lbat.ReadAsync(entry.Lblk, slots, cancellationToken).ConfigureAwait(false);
             }
-            entry.Data = data;
-            entry.IsZero = false;
-            entry.Loaded = true;
+            catch (InvalidDataException e)
+            {
+                throw _damage.Damaged(entry.Lblk, $"invalid lblk_alloc entry ({DamageLog.WithoutLblk(e.Message)}); it reads as an I/O error until written whole or repaired (cbd check --repair)");
+            }
+            if (!alloc.IsAllocated)
+            {
+                entry.IsZero = true;
+                entry.Loaded = true;
+                return;
+            }
+            byte[] stored = _buffers.Rent();
+            try
+            {
+                await _store.ReadPblksAsync(alloc.Pblks, stored, cancellationToken: cancellationToken).ConfigureAwait(false);
+                byte[] data = _buffers.Rent();
+                var result = StoredLblk.Decode(_geometry.Alloc, entry.Lblk, alloc, stored, data);
+                if (!result.Ok)
+                {
+                    _buffers.Return(data);
+                    throw result.Fault == StoredLblkFault.ChecksumMismatch
+                        ? _damage.Damaged(entry.Lblk, $"checksum mismatch (stored 0x{alloc.Crc:x8}, computed 0x{result.ComputedCrc:x8}) in pblks {alloc.Pblks}")
+                        : _damage.Damaged(entry.Lblk, $"stored bytes (algorithm id {result.AlgorithmId}, {result.StoredBytes} bytes) do not decompress to one {_lblkSize}-byte lblk");
+                }
+                entry.Data = data;
+                entry.IsZero = false;
+                entry.Loaded = true;
+            }
+            finally
+            {
+                _buffers.Return(stored);
+            }
         }
         finally
         {
-            _buffers.Return(stored);
+            ArrayPool<ulong>.Shared.Return(slots);
         }
     }
 
