@@ -30,6 +30,9 @@ public static class FormatCommand
         var compression = CliOptions.Compression(
             "Compression of lblks written from now on, with an optional level. Default lz4 (level 0; default levels: zlib 6, zstd 3). " +
             "deflate is another name for zlib: lblks are stored as zlib streams (RFC 1950, deflate with a header and checksum).");
+        var logSize = CliOptions.Size("--log-size",
+            "Size of the write log at the end of the image, where writes smaller than an lblk go first and are merged into their lblks later. " +
+            "Default: an eighth of the physical size, at most 1 GiB; 0 for none (an image of format version 1.0, which every cbd opens).");
         var noZeroDetect = new Option<bool>("--no-zero-detect") { Description = "Store all-zero lblks like any others instead of leaving them unallocated." };
         var noChecksums = new Option<bool>("--no-checksums")
         {
@@ -43,7 +46,7 @@ public static class FormatCommand
 
         var command = new Command("format", "Create an empty cbd image. " + ExitCodes.GeneralHelp)
         {
-            image, size, logicalSize, maxLogicalSize, lblkSize, compression, noZeroDetect, noChecksums, force, quiet,
+            image, size, logicalSize, maxLogicalSize, lblkSize, compression, logSize, noZeroDetect, noChecksums, force, quiet,
         };
         CliOptions.SetAction(command, (parse, cancellationToken) =>
         {
@@ -58,12 +61,12 @@ public static class FormatCommand
                 ZeroDetect = !parse.GetValue(noZeroDetect),
                 LblkChecksums = !parse.GetValue(noChecksums),
             };
-            return RunAsync(parse.GetRequiredValue(image), parse.GetValue(size), options, parse.GetValue(force), parse.GetValue(quiet), cancellationToken);
+            return RunAsync(parse.GetRequiredValue(image), parse.GetValue(size), parse.GetValue(logSize), options, parse.GetValue(force), parse.GetValue(quiet), cancellationToken);
         });
         return command;
     }
 
-    private static async Task<int> RunAsync(string path, long? size, FormatOptions options, bool force, bool quiet, CancellationToken cancellationToken)
+    private static async Task<int> RunAsync(string path, long? size, long? logSize, FormatOptions options, bool force, bool quiet, CancellationToken cancellationToken)
     {
         if (Directory.Exists(path))
         {
@@ -76,12 +79,14 @@ public static class FormatCommand
             {
                 throw new CliException($"{path}: no such file; give --size SIZE to create it");
             }
+            options = WithLog(options, size.Value, logSize);
             Plan(path, size.Value, options);
             header = await CreateAsync(path, size.Value, options, cancellationToken).ConfigureAwait(false);
         }
         else
         {
             await using var store = ImageFiles.Open(path, writable: true);
+            options = WithLog(options, store.IsBlockDevice ? store.Length : size ?? store.Length, logSize);
             header = await OverwriteAsync(path, store, size, options, force, quiet, cancellationToken).ConfigureAwait(false);
         }
 
@@ -187,6 +192,10 @@ public static class FormatCommand
                 $"{path}: its size cannot be changed ({e.Message}); it holds {SizeParser.Describe(store.Length)}: leave --size out to format it at that size");
         }
     }
+
+    /// <summary>The write log asked for, or by default <see cref="ImageFormatter.DefaultLogBytes"/> of the physical size.</summary>
+    public static FormatOptions WithLog(FormatOptions options, long physical, long? logSize) =>
+        options with { LogSize = logSize ?? ImageFormatter.DefaultLogBytes(physical, options.LblkSize) };
 
     /// <summary>The default logical size: 3 x the physical size, in whole pblks.</summary>
     public static long DefaultLogical(long physical) => physical / Layout.PblkSize * Layout.PblkSize * ImageFormatter.DefaultLogicalFactor;

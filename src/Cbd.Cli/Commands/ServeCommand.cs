@@ -365,7 +365,8 @@ public static class ServeCommand
         {
             throw new CliException($"{image}: already exists; drop --create to serve it");
         }
-        return await ImageFiles.CreateDeviceAsync(image, size, new FormatOptions(), options, CancellationToken.None).ConfigureAwait(false);
+        var format = FormatCommand.WithLog(new FormatOptions(), size, logSize: null);
+        return await ImageFiles.CreateDeviceAsync(image, size, format, options, CancellationToken.None).ConfigureAwait(false);
     }
 
     /// <summary>

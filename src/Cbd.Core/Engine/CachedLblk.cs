@@ -25,6 +25,19 @@ internal sealed class CachedLblk(ulong lblk)
     /// <summary>pblks reserved for this lblk's write-back: one lblk's worth, or what its contents were measured to need on a nearly full device.</summary>
     public int ReservedPblks;
 
+    /// <summary>
+    /// With a write log: the seq after the last log record applied to <see cref="Data"/> (0: none). Write-back takes it
+    /// with the version, and the records below it are merged once that version is published.
+    /// </summary>
+    public ulong LogApplied;
+
+    /// <summary>
+    /// Dirty with a change that is not in the write log (a whole-lblk write taken into the cache): until that is published,
+    /// every change to the lblk goes to the cache too, since a log record replayed over the old stored form without it
+    /// would bring back a state the lblk never had.
+    /// </summary>
+    public bool Unlogged;
+
     public int Pins;
     public long LastUse;
 }

@@ -4,8 +4,11 @@ using Cbd.Core.Storage;
 
 namespace Cbd.Core.Engine;
 
-/// <summary>One lblk written back by step 2: the version written, and the entry that now describes it.</summary>
-internal sealed record WrittenBack(CachedLblk Entry, long Version, LblkAlloc Alloc);
+/// <summary>
+/// One lblk written back by step 2: the version written, the entry that now describes it, and the seq below which its
+/// log records are in it (<see cref="CachedLblk.LogApplied"/>).
+/// </summary>
+internal sealed record WrittenBack(CachedLblk Entry, long Version, LblkAlloc Alloc, ulong LogApplied);
 
 /// <summary>
 /// The checkpoint protocol: the write order of docs/FORMAT.md, "Consistency", whose step numbers it uses.
@@ -41,22 +44,29 @@ internal sealed class CheckpointPipeline
     private readonly int _parallelism;
     private readonly CheckpointFault _fault;
     private readonly EngineCounters _counters;
+    private readonly WriteLog? _log;
+    private readonly Func<long, ulong, CancellationToken, ValueTask> _writeLogTail;
 
     private readonly SemaphoreSlim _checkpointLock = new(1, 1);
     /// <summary>The commit of the last checkpoint; each commit waits for the one before it.</summary>
     private Task _commit = Task.CompletedTask;
     /// <summary>The publication of the last checkpoint; each waits for the one before it.</summary>
-    private Task<List<ulong>> _publish = Task.FromResult(new List<ulong>());
+    private Task<Published> _publish = Task.FromResult(new Published([], []));
     private Task _olderPublish = Task.CompletedTask;
     private long _checkpointsStarted;
     private long _checkpointsCompleted;
     /// <summary>Completed and replaced whenever a checkpoint publishes or commits (or fails): progress, not completion.</summary>
     private TaskCompletionSource _progress = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private volatile Exception? _failed;
+    /// <summary>lblks published with a change the log does not have, until the commit that makes them durable (its number).</summary>
+    private readonly Dictionary<ulong, long> _unloggedHolds = new();
 
     public CheckpointPipeline(IBackingStore store, LbatCache lbat, Allocator alloc, PblkReleaser releaser, LblkCache cache, LblkIo io, UsedCounts used,
-        DeviceRecovery recovery, DamageLog damage, int parallelism, CheckpointFault fault, EngineCounters counters)
+        DeviceRecovery recovery, DamageLog damage, int parallelism, CheckpointFault fault, EngineCounters counters,
+        WriteLog? log, Func<long, ulong, CancellationToken, ValueTask> writeLogTail)
     {
+        _log = log;
+        _writeLogTail = writeLogTail;
         _counters = counters;
         _store = store;
         _lbat = lbat;
@@ -85,6 +95,19 @@ internal sealed class CheckpointPipeline
 
     /// <summary>The commit of the last checkpoint.</summary>
     public Task CommitFinished => _commit;
+
+    /// <summary>
+    /// True while the lblk's published entry holds a change that is not in the write log and not yet durable: a record
+    /// appended now could be replayed over the entry before it, so the lblk's changes go to the cache until the commit.
+    /// </summary>
+    public bool HoldsUnlogged(ulong lblk)
+    {
+        lock (_unloggedHolds)
+            return _unloggedHolds.ContainsKey(lblk);
+    }
+
+    /// <summary>The ordering bug injected for tests, if any.</summary>
+    public CheckpointFault Fault => _fault;
 
     public void ThrowIfFailed()
     {
@@ -147,7 +170,7 @@ internal sealed class CheckpointPipeline
             long number = Interlocked.Increment(ref _checkpointsStarted);
             long started = Stopwatch.GetTimestamp();
             var (batch, results) = await WriteDataAsync().ConfigureAwait(false);
-            var publish = PublishAsync(_publish, batch, results);
+            var publish = PublishAsync(_publish, batch, results, number);
             _olderPublish = _publish;
             _publish = publish;
             commit = CommitAsync(_commit, publish, number, started);
@@ -189,15 +212,21 @@ internal sealed class CheckpointPipeline
         return (batch, results);
     }
 
+    /// <summary>What a publication hands its commit: the pblks the new entries replaced, and the log records they merged.</summary>
+    private sealed record Published(List<ulong> Freed, List<ulong> Merged);
+
     /// <summary>
     /// Step 3, then the first half of step 4, after the previous checkpoint's: fsync, so the data is durable
-    /// before any entry points at it; then publish the new lblk_alloc entries (in the lbat cache) and mark the
-    /// lblks clean. Returns the pblks the new entries replaced.
+    /// before any entry points at it (and, with a write log, every record the lblks were written back with: the fsync
+    /// waits for them to be written, so that no durable entry holds a record a replay could stop short of); then
+    /// publish the new lblk_alloc entries (in the lbat cache), mark the lblks clean, and take the records merged off
+    /// their lblks. Returns the pblks the new entries replaced and the records merged.
     /// </summary>
-    private async Task<List<ulong>> PublishAsync(Task previous, List<CachedLblk> batch, WrittenBack?[] results)
+    private async Task<Published> PublishAsync(Task previous, List<CachedLblk> batch, WrittenBack?[] results, long number)
     {
         var ct = CancellationToken.None;
         var freed = new List<ulong>();
+        var merged = new List<ulong>();
         // A failure of the stage before is in _failed, checked next.
         await previous.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
         try
@@ -205,7 +234,15 @@ internal sealed class CheckpointPipeline
             if (_failed is { } failed)
                 ThrowHelper.Failed(failed);
             if (batch.Count == 0)
-                return freed;
+                return new Published(freed, merged);
+            ulong logApplied = 0;
+            foreach (var result in results)
+                logApplied = Math.Max(logApplied, result?.LogApplied ?? 0);
+            if (_log is not null)
+            {
+                await _log.WaitCompletedAsync(logApplied).ConfigureAwait(false);
+                _log.ThrowIfFailed();
+            }
             if (_fault != CheckpointFault.PublishBeforeDataFsync)
                 await _store.FlushAsync(ct).ConfigureAwait(false);
 
@@ -226,6 +263,8 @@ internal sealed class CheckpointPipeline
                     _damage.Log($"lblk {result.Entry.Lblk}: invalid lblk_alloc entry ({DamageLog.WithoutLblk(e.Message)}) replaced by the lblk's new contents; the pblks it named stay in use");
                 }
                 await _lbat.WriteAsync(result.Entry.Lblk, result.Alloc, ct).ConfigureAwait(false);
+                // The entry now holds the lblk's records below LogApplied: a reload applies only the later ones.
+                _log?.TakeMerged(result.Entry.Lblk, result.LogApplied, merged);
                 freed.AddRange(old.Pblks);
                 Interlocked.Add(ref _used.Lblks, (result.Alloc.IsAllocated ? 1 : 0) - (old.IsAllocated ? 1 : 0));
                 Interlocked.Add(ref _used.Pblks, result.Alloc.Pblks.Length - old.Pblks.Length);
@@ -242,7 +281,15 @@ internal sealed class CheckpointPipeline
                 try
                 {
                     if (entry.Version == result.Version)
+                    {
+                        if (entry.Unlogged)
+                        {
+                            lock (_unloggedHolds)
+                                _unloggedHolds[entry.Lblk] = number;
+                            entry.Unlogged = false;
+                        }
                         _cache.MarkClean(entry);
+                    }
                 }
                 finally
                 {
@@ -250,7 +297,7 @@ internal sealed class CheckpointPipeline
                 }
             }
             _cache.RestartDirtyClock();
-            return freed;
+            return new Published(freed, merged);
         }
         catch (Exception e)
         {
@@ -273,7 +320,7 @@ internal sealed class CheckpointPipeline
     /// the old entries back, and they must still find their data. Entries a later checkpoint publishes
     /// meanwhile may go out with these lbat pblks: their data was made durable before they were published.
     /// </summary>
-    private async Task CommitAsync(Task previous, Task<List<ulong>> publish, long number, long started)
+    private async Task CommitAsync(Task previous, Task<Published> publish, long number, long started)
     {
         var ct = CancellationToken.None;
         // A failure of either stage waited for is in _failed, checked next.
@@ -283,7 +330,7 @@ internal sealed class CheckpointPipeline
         {
             if (_failed is { } failed)
                 ThrowHelper.Failed(failed);
-            var freed = publish.Result;
+            var (freed, merged) = publish.Result;
             if (_fault == CheckpointFault.FreeBeforeCommitFsync)
             {
                 await _alloc.FreeAsync(freed, ct).ConfigureAwait(false);
@@ -291,12 +338,34 @@ internal sealed class CheckpointPipeline
             }
             if (_fault == CheckpointFault.PunchBeforeCommitFsync)
                 await _releaser.PunchAsync(freed, ct).ConfigureAwait(false);
+            if (_fault == CheckpointFault.RetireBeforeCommitFsync && _log is not null && merged.Count > 0)
+            {
+                await _log.RetireAsync(merged, _writeLogTail, ct).ConfigureAwait(false);
+                merged = [];
+            }
             if (freed.Count > 0 || _lbat.HasDirty)
             {
                 await _lbat.WriteDirtyAsync(ct).ConfigureAwait(false);
                 await _store.FlushAsync(ct).ConfigureAwait(false);
                 await _releaser.ReleaseAsync(freed, ct).ConfigureAwait(false);
             }
+            lock (_unloggedHolds)
+            {
+                List<ulong>? durable = null;
+                foreach (var (lblk, holder) in _unloggedHolds)
+                {
+                    if (holder <= number)
+                        (durable ??= new()).Add(lblk);
+                }
+                if (durable is not null)
+                {
+                    foreach (ulong lblk in durable)
+                        _unloggedHolds.Remove(lblk);
+                }
+            }
+            // The entries that merged these records are durable: the log's tail may pass them (written to the header).
+            if (_log is not null && merged.Count > 0)
+                await _log.RetireAsync(merged, _writeLogTail, ct).ConfigureAwait(false);
             Interlocked.Exchange(ref _checkpointsCompleted, number);
             _counters.Checkpoints.ObserveSince(started);
         }

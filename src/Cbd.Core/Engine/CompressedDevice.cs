@@ -36,10 +36,14 @@ public sealed partial class CompressedDevice : IBlockDevice
     private readonly CheckpointPipeline _pipeline;
     private readonly WriteBackScheduler _scheduler;
     private readonly WriteAdmission _admission;
+    private readonly WriteLog? _log;
+    private readonly LogMerger? _merger;
+    private readonly SemaphoreSlim _headerWrite = new(1, 1);
     private int _disposed;
 
-    private CompressedDevice(IBackingStore store, Header header, Geometry geometry, DeviceOptions options)
+    private CompressedDevice(IBackingStore store, Header header, Geometry geometry, DeviceOptions options, WriteLog? log)
     {
+        _log = log;
         _store = store;
         _geometry = geometry;
         Header = header;
@@ -55,11 +59,15 @@ public sealed partial class CompressedDevice : IBlockDevice
         _space = new SpacePromise(geometry);
         _used = new UsedCounts((long)header.LblkUsed, (long)header.PblkUsed);
         _recovery = new DeviceRecovery(geometry, store, alloc, _used, damage);
-        _io = new LblkIo(geometry, store, _lbat, alloc, _cache.Buffers, codec, _zeroDetect, damage, Counters);
+        _io = new LblkIo(geometry, store, _lbat, alloc, _cache.Buffers, codec, _zeroDetect, damage, Counters, log);
         var releaser = new PblkReleaser(alloc, store, options, damage.Log, (long)geometry.TotalDataPblks);
-        _pipeline = new CheckpointPipeline(store, _lbat, alloc, releaser, _cache, _io, _used, _recovery, damage, parallelism, options.Fault, Counters);
+        _pipeline = new CheckpointPipeline(store, _lbat, alloc, releaser, _cache, _io, _used, _recovery, damage, parallelism, options.Fault, Counters,
+            log, WriteLogTailAsync);
         _scheduler = new WriteBackScheduler(_cache, _pipeline, options.FlushDelay);
-        _admission = new WriteAdmission(geometry, _cache, _io, alloc, _space, _used, _pipeline, _scheduler);
+        _admission = new WriteAdmission(geometry, _cache, _io, alloc, _space, _used, _pipeline, _scheduler, log,
+            () => _merger?.Kick(), lblk => _merger?.Appended(lblk), () => _pipeline.Failed ?? _merger?.Stuck);
+        if (log is not null && !options.ReadOnly)
+            _merger = new LogMerger(log, _admission, _pipeline, damage, WriteLogTailAsync, options.FlushDelay, _cache.WriteBackThreshold, parallelism);
     }
 
     /// <summary>The header as last written (stats are as of open or last clean close).</summary>
@@ -99,7 +107,14 @@ public sealed partial class CompressedDevice : IBlockDevice
         if (!options.ReadOnly && !store.CanWrite)
             throw new ArgumentException("the backing store is read-only; open the device read-only", nameof(options));
         var geometry = await Geometry.ReadAsync(store, cancellationToken).ConfigureAwait(false);
-        var device = new CompressedDevice(store, geometry.Header, geometry, options);
+        // The log's records from its tail on become pending on their lblks; a session that writes numbers its own records anew.
+        WriteLog? log = null;
+        if (geometry.Header.HasLog)
+        {
+            uint epoch = geometry.Header.LogEpoch + (options.ReadOnly ? 0u : 1u);
+            log = await WriteLog.OpenAsync(store, geometry, epoch, cancellationToken).ConfigureAwait(false);
+        }
+        var device = new CompressedDevice(store, geometry.Header, geometry, options, log);
         bool dirty = geometry.Header.Flags.HasFlag(HeaderFlags.Dirty);
         if (dirty)
         {
@@ -115,6 +130,7 @@ public sealed partial class CompressedDevice : IBlockDevice
             if (!dirty)
                 device._recovery.StartAudit();
             device._scheduler.Start();
+            device._merger?.Start();
         }
         return device;
     }
@@ -123,7 +139,8 @@ public sealed partial class CompressedDevice : IBlockDevice
     {
         int dirty = _cache.DirtyCount;
         return new DeviceStats(Size, _lblkSize, (long)_geometry.NrLblks, Interlocked.Read(ref _used.Lblks),
-            (long)_geometry.TotalDataPblks, Interlocked.Read(ref _used.Pblks), dirty);
+            (long)_geometry.TotalDataPblks, Interlocked.Read(ref _used.Pblks), dirty,
+            _log?.Bytes ?? 0, _log?.Used ?? 0, _log?.PendingLblks ?? 0);
     }
 
     // ---- reads ----
@@ -250,7 +267,14 @@ public sealed partial class CompressedDevice : IBlockDevice
         if (IsReadOnly)
             return;
         await _scheduler.FlushAsync(cancellationToken).ConfigureAwait(false);
+        // The log's records written before the flush: durable with one more fsync, unless the checkpoint's covered them.
+        if (_log is not null)
+            await _log.FlushAsync(cancellationToken).ConfigureAwait(false);
     }
+
+    /// <summary>The log's tail moved past records whose merges are durable: the header says so, durably.</summary>
+    private ValueTask WriteLogTailAsync(long tail, ulong seq, CancellationToken cancellationToken) =>
+        WriteHeaderAsync(dirty: true, cancellationToken, (tail, seq));
 
     // ---- status ----
 
@@ -261,7 +285,7 @@ public sealed partial class CompressedDevice : IBlockDevice
     /// allocated already is counted twice: a burst of rewrites can withhold the promise until write-back, never
     /// give one too many.
     /// </summary>
-    private bool IsBacked() => _space.Backs(_cache.CountLblksWithData(ref _used.Lblks));
+    private bool IsBacked() => _space.Backs(_cache.CountLblksWithData(ref _used.Lblks) + (_log?.PendingLblks ?? 0));
 
     public async ValueTask<IReadOnlyList<BlockExtent>> GetBlockStatusAsync(long offset, long length, CancellationToken cancellationToken = default)
     {
@@ -290,6 +314,8 @@ public sealed partial class CompressedDevice : IBlockDevice
 
     private async ValueTask<(bool Hole, bool Zero)> LblkStatusAsync(ulong lblk, CancellationToken cancellationToken)
     {
+        if (_log is not null && _log.HasPending(lblk))
+            return (false, false); // records not yet merged: data, whatever the stored form says
         if (_cache.TryPin(lblk, out var entry))
         {
             try
@@ -324,17 +350,34 @@ public sealed partial class CompressedDevice : IBlockDevice
 
     // ---- open and close ----
 
-    private async ValueTask WriteHeaderAsync(bool dirty, CancellationToken cancellationToken)
+    /// <summary>
+    /// Writes the header, durably: DIRTY as asked, the stats as counted, and with a log its tail (<paramref name="logTail"/>,
+    /// else the log's durable tail) and this session's epoch.
+    /// </summary>
+    private async ValueTask WriteHeaderAsync(bool dirty, CancellationToken cancellationToken, (long Position, ulong Seq)? logTail = null)
     {
-        var flags = dirty ? Header.Flags | HeaderFlags.Dirty : Header.Flags & ~HeaderFlags.Dirty;
-        var header = Header with
+        await _headerWrite.WaitAsync(cancellationToken).ConfigureAwait(false);
+        try
         {
-            Flags = flags,
-            LblkUsed = (ulong)Interlocked.Read(ref _used.Lblks),
-            PblkUsed = (ulong)Interlocked.Read(ref _used.Pblks),
-        };
-        await header.WriteAsync(_store, cancellationToken).ConfigureAwait(false);
-        Header = header;
+            var flags = dirty ? Header.Flags | HeaderFlags.Dirty : Header.Flags & ~HeaderFlags.Dirty;
+            var header = Header with
+            {
+                Flags = flags,
+                LblkUsed = (ulong)Interlocked.Read(ref _used.Lblks),
+                PblkUsed = (ulong)Interlocked.Read(ref _used.Pblks),
+            };
+            if (_log is not null)
+            {
+                var (tail, seq) = logTail ?? _log.DurableTail;
+                header = header with { LogTail = (ulong)tail, LogSeq = seq, LogEpoch = _log.Epoch };
+            }
+            await header.WriteAsync(_store, cancellationToken).ConfigureAwait(false);
+            Header = header;
+        }
+        finally
+        {
+            _headerWrite.Release();
+        }
     }
 
     /// <summary>
@@ -349,9 +392,14 @@ public sealed partial class CompressedDevice : IBlockDevice
         {
             if (!IsReadOnly)
             {
+                if (_merger is not null)
+                    await _merger.StopAsync().ConfigureAwait(false);
                 await _scheduler.StopAsync().ConfigureAwait(false);
-                if (_pipeline.Failed is null)
+                if (_pipeline.Failed is null && _log?.Failed is null)
                 {
+                    // A clean image's log is empty (every record merged, the tail at the head) unless space ran out.
+                    if (_merger is not null)
+                        await _merger.MergeAllAsync(CancellationToken.None).ConfigureAwait(false);
                     await _pipeline.CloseAsync().ConfigureAwait(false);
                     await WriteHeaderAsync(dirty: false, CancellationToken.None).ConfigureAwait(false);
                 }
@@ -382,5 +430,6 @@ public sealed partial class CompressedDevice : IBlockDevice
         if (IsReadOnly)
             ThrowHelper.ReadOnly();
         _pipeline.ThrowIfFailed();
+        _log?.ThrowIfFailed();
     }
 }

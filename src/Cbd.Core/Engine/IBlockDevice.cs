@@ -85,8 +85,12 @@ public readonly record struct BlockExtent(long Length, bool IsHole, bool IsZero)
 /// <param name="PblksTotal">Data pblks the device can allocate.</param>
 /// <param name="PblksUsed">Data pblks in use, as last written back.</param>
 /// <param name="DirtyLblks">Logical blocks in the cache whose newest contents are not yet written back.</param>
+/// <param name="LogBytes">Bytes of the write log (0 without one).</param>
+/// <param name="LogUsedBytes">Bytes of the log from its tail to its head: records not yet merged, or merged and not yet passed by the tail.</param>
+/// <param name="LogPendingLblks">lblks with log records not yet merged into them.</param>
 public readonly record struct DeviceStats(
-    long LogicalBytes, int LblkSize, long LblksTotal, long LblksUsed, long PblksTotal, long PblksUsed, long DirtyLblks)
+    long LogicalBytes, int LblkSize, long LblksTotal, long LblksUsed, long PblksTotal, long PblksUsed, long DirtyLblks,
+    long LogBytes = 0, long LogUsedBytes = 0, long LogPendingLblks = 0)
 {
     /// <summary>Bytes of data pblks in use.</summary>
     public long PhysicalBytesUsed => PblksUsed * Format.Layout.PblkSize;

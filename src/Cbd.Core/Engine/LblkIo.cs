@@ -23,9 +23,12 @@ internal sealed class LblkIo
     private readonly bool _zeroDetect;
     private readonly DamageLog _damage;
     private readonly int _lblkSize;
+    private readonly WriteLog? _log;
 
-    public LblkIo(Geometry geometry, IBackingStore store, LbatCache lbat, Allocator alloc, LblkBufferPool buffers, Codec codec, bool zeroDetect, DamageLog damage, EngineCounters counters)
+    public LblkIo(Geometry geometry, IBackingStore store, LbatCache lbat, Allocator alloc, LblkBufferPool buffers, Codec codec, bool zeroDetect, DamageLog damage, EngineCounters counters,
+        WriteLog? log)
     {
+        _log = log;
         _counters = counters;
         _geometry = geometry;
         _store = store;
@@ -38,13 +41,110 @@ internal sealed class LblkIo
         _lblkSize = geometry.LblkSize;
     }
 
-    /// <summary>Loads an lblk from the backing store into its cache entry. Caller holds the entry's lock.</summary>
+    /// <summary>
+    /// Loads an lblk from the backing store into its cache entry: its stored form, then its pending log records applied
+    /// over it in log order. Caller holds the entry's lock.
+    /// </summary>
     public async ValueTask EnsureLoadedAsync(CachedLblk entry, CancellationToken cancellationToken)
     {
         _counters.CountLookup(entry.Loaded);
         if (entry.Loaded)
             return;
-        // The entry's pblk numbers stay in a pooled array until the lblk is read: a cache miss allocates nothing.
+        if (_log is null || !_log.HasPending(entry.Lblk))
+        {
+            await LoadStoredAsync(entry, cancellationToken).ConfigureAwait(false);
+            return;
+        }
+        var records = new List<PendingRecord>();
+        _log.GetPending(entry.Lblk, records);
+        // From a record of the whole lblk on, the stored form does not matter.
+        if (records.Count > 0 && records[0].Header.IsWhole(_lblkSize))
+        {
+            entry.IsZero = true;
+            entry.Loaded = true;
+        }
+        else
+        {
+            await LoadStoredAsync(entry, cancellationToken).ConfigureAwait(false);
+        }
+        byte[] buffer = ArrayPool<byte>.Shared.Rent(LogRecord.MaxBytes(_lblkSize));
+        try
+        {
+            foreach (var record in records)
+            {
+                if (!await _log.ReadAsync(record, buffer, cancellationToken).ConfigureAwait(false))
+                {
+                    Unload(entry);
+                    throw _damage.Damaged(entry.Lblk, $"log record {record.Seq} at log offset {record.Position} no longer reads back as written");
+                }
+                if (!ApplyRecord(entry, record.Header, buffer))
+                {
+                    Unload(entry);
+                    throw _damage.Damaged(entry.Lblk, $"log record {record.Seq} at log offset {record.Position} does not decompress to its {record.Header.Length} bytes");
+                }
+            }
+            entry.LogApplied = records.Count > 0 ? records[^1].Seq + 1 : 0;
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(buffer);
+        }
+    }
+
+    private void Unload(CachedLblk entry)
+    {
+        if (entry.Data is { } data)
+        {
+            entry.Data = null;
+            _buffers.Return(data);
+        }
+        entry.Loaded = false;
+        entry.IsZero = false;
+    }
+
+    /// <summary>
+    /// Applies one log record (<paramref name="record"/> holds its bytes, or only its header for a zero record) to a
+    /// loaded entry; false when a compressed payload does not decode. Caller holds the entry's lock.
+    /// </summary>
+    public bool ApplyRecord(CachedLblk entry, LogRecordHeader header, ReadOnlySpan<byte> record)
+    {
+        int offset = (int)header.Offset, length = (int)header.Length;
+        if (header.Kind == LogRecordKind.Zero)
+        {
+            if (header.IsWhole(_lblkSize))
+            {
+                if (entry.Data is { } data)
+                {
+                    entry.Data = null;
+                    _buffers.Return(data);
+                }
+                entry.IsZero = true;
+            }
+            else if (!entry.IsZero)
+            {
+                entry.Data.AsSpan(offset, length).Clear();
+            }
+            else if (!_zeroDetect)
+            {
+                // As a change in the cache does: without zero detection, zeroing part of an unallocated lblk allocates it.
+                entry.Data ??= _buffers.Rent();
+                entry.Data.AsSpan(0, _lblkSize).Clear();
+                entry.IsZero = false;
+            }
+            return true;
+        }
+        if (entry.IsZero)
+        {
+            entry.Data ??= _buffers.Rent();
+            entry.Data.AsSpan(0, _lblkSize).Clear();
+            entry.IsZero = false;
+        }
+        return LogRecord.TryDecodePayload(record, header, entry.Data.AsSpan(offset, length));
+    }
+
+    /// <summary>Loads the lblk's stored form alone. Caller holds the entry's lock.</summary>
+    private async ValueTask LoadStoredAsync(CachedLblk entry, CancellationToken cancellationToken)
+    {        // The entry's pblk numbers stay in a pooled array until the lblk is read: a cache miss allocates nothing.
         ulong[] slots = ArrayPool<ulong>.Shared.Rent(_geometry.Alloc.PblksPerLblk);
         try
         {
@@ -111,6 +211,7 @@ internal sealed class LblkIo
     public async ValueTask<WrittenBack?> WriteBackAsync(CachedLblk entry, CancellationToken cancellationToken)
     {
         long version;
+        ulong logApplied;
         int reserved;
         uint length;
         uint crc = 0;
@@ -122,6 +223,7 @@ internal sealed class LblkIo
             if (!entry.Dirty || entry.WriteBackVersion == entry.Version)
                 return null; // clean, or an earlier checkpoint is writing this very version back
             version = entry.Version;
+            logApplied = entry.LogApplied;
             entry.WriteBackVersion = version;
             // The reservation moves to this write-back; a write that lands meanwhile reserves anew.
             reserved = entry.ReservedPblks;
@@ -147,7 +249,7 @@ internal sealed class LblkIo
         {
             if (reserved > 0)
                 _alloc.Unreserve(reserved);
-            return new WrittenBack(entry, version, LblkAlloc.Unallocated);
+            return new WrittenBack(entry, version, LblkAlloc.Unallocated, logApplied);
         }
         try
         {
@@ -155,7 +257,7 @@ internal sealed class LblkIo
             var pblks = new ulong[count];
             await _alloc.AllocateAsync(_geometry.HomeZone(entry.Lblk), pblks, reserved, cancellationToken).ConfigureAwait(false);
             await _store.WritePblksAsync(pblks, stored, cancellationToken).ConfigureAwait(false);
-            return new WrittenBack(entry, version, new LblkAlloc(length, crc, pblks));
+            return new WrittenBack(entry, version, new LblkAlloc(length, crc, pblks), logApplied);
         }
         finally
         {

@@ -60,6 +60,12 @@ internal enum CheckpointFault
     /// <summary>A commit punches the replaced pblks before the lbat writes and fsync (the punch of step 6 before steps 4 and 5).</summary>
     PunchBeforeCommitFsync,
 
+    /// <summary>A commit moves the write log's tail past the records it merged before the lbat writes and fsync that make the merge durable.</summary>
+    RetireBeforeCommitFsync,
+
+    /// <summary>A write of a whole lblk goes to the cache although the lblk has live log records, which a replay then applies over it.</summary>
+    WholeWriteOverLiveRecords,
+
     /// <summary>A punch gives the pblks it claimed back to the allocator before punching them, so a write-back may take one and see its data punched.</summary>
     FreeBeforePunch,
 }

@@ -1,3 +1,5 @@
+using System.Buffers;
+using Cbd.Core.Compression;
 using Cbd.Core.Format;
 
 namespace Cbd.Core.Engine;
@@ -32,10 +34,23 @@ internal sealed class WriteAdmission
     private readonly CheckpointPipeline _pipeline;
     private readonly WriteBackScheduler _scheduler;
     private readonly int _lblkSize;
+    private readonly WriteLog? _log;
+    private readonly Codec _recordCodec;
+    private readonly byte[] _zeroLblk;
+    private readonly Action _makeLogRoom;
+    private readonly Action<ulong> _appended;
+    private readonly Func<Exception?> _logBlocked;
 
     public WriteAdmission(Geometry geometry, LblkCache cache, LblkIo io, Allocator alloc, SpacePromise space, UsedCounts used,
-        CheckpointPipeline pipeline, WriteBackScheduler scheduler)
+        CheckpointPipeline pipeline, WriteBackScheduler scheduler, WriteLog? log, Action makeLogRoom, Action<ulong> appended, Func<Exception?> logBlocked)
     {
+        _log = log;
+        _makeLogRoom = makeLogRoom;
+        _appended = appended;
+        _logBlocked = logBlocked;
+        // Records are compressed on the request path: the fastest setting, whatever the device's algorithm.
+        _recordCodec = Codec.Create(CompressionAlgorithm.Lz4, 0);
+        _zeroLblk = log is null ? [] : new byte[geometry.LblkSize];
         _geometry = geometry;
         _cache = cache;
         _buffers = cache.Buffers;
@@ -54,6 +69,94 @@ internal sealed class WriteAdmission
     /// <paramref name="zeroLength"/>, when set, writes that many zero bytes instead of <paramref name="data"/>.
     /// </summary>
     public async ValueTask ModifyAsync(ulong lblk, int within, ReadOnlyMemory<byte> data, bool zero, CancellationToken cancellationToken, int zeroLength = -1)
+    {
+        while (true)
+        {
+            if (_log is not null && await TryLogAsync(lblk, within, data, zero, zeroLength, cancellationToken).ConfigureAwait(false))
+                return;
+            if (await ModifyCachedAsync(lblk, within, data, zero, merge: false, cancellationToken, zeroLength).ConfigureAwait(false))
+                return;
+        }
+    }
+
+    /// <summary>
+    /// A merge (docs/FORMAT.md, "The write log"): the lblk is loaded with its pending records applied and marked dirty, so
+    /// that the next checkpoint writes it back with them, and the log's tail can then pass them.
+    /// </summary>
+    public async ValueTask MergeAsync(ulong lblk, CancellationToken cancellationToken) =>
+        await ModifyCachedAsync(lblk, 0, ReadOnlyMemory<byte>.Empty, zero: false, merge: true, cancellationToken).ConfigureAwait(false);
+
+    /// <summary>
+    /// With a write log, a change goes there as a record unless it covers its whole lblk and the lblk has no record a
+    /// replay could apply (then the cache takes it, as without a log), or the lblk holds a change the log does not have
+    /// (<see cref="CachedLblk.Unlogged"/>, or published and not yet committed). False when the cache must take it.
+    /// </summary>
+    private async ValueTask<bool> TryLogAsync(ulong lblk, int within, ReadOnlyMemory<byte> data, bool zero, int zeroLength, CancellationToken cancellationToken)
+    {
+        var log = _log!;
+        int length = zero ? _lblkSize : zeroLength >= 0 ? zeroLength : data.Length;
+        if (zero)
+            within = 0;
+        bool whole = length == _lblkSize;
+        if (whole && (!log.IsLive(lblk) || _pipeline.Fault == CheckpointFault.WholeWriteOverLiveRecords))
+            return false;
+        _pipeline.ThrowIfFailed();
+        byte[] record = ArrayPool<byte>.Shared.Rent(LogRecord.MaxBytes(_lblkSize));
+        int reservation = 0;
+        try
+        {
+            // Compressed before any lock is taken.
+            // A zero record deallocates what it covers as far as the lblk's stored form goes (zero detection aside): a whole
+            // lblk zeroed without leave to deallocate is logged as the zeros it holds, which take a few bytes compressed.
+            var header = zero ? LogRecord.Zero(0, lblk, 0, _lblkSize)
+                : zeroLength >= 0 && !whole ? LogRecord.Zero(0, lblk, within, length)
+                : zeroLength >= 0 ? LogRecord.EncodeData(record, _recordCodec, 0, lblk, 0, _zeroLblk)
+                : LogRecord.EncodeData(record, _recordCodec, 0, lblk, within, data.Span);
+            reservation = await log.ReserveAsync(header.Bytes, _makeLogRoom, _logBlocked, cancellationToken).ConfigureAwait(false);
+            var entry = _cache.Pin(lblk);
+            try
+            {
+                await entry.Lock.WaitAsync(cancellationToken).ConfigureAwait(false);
+                try
+                {
+                    if (entry.Unlogged || _pipeline.HoldsUnlogged(lblk) || (whole && !log.IsLive(lblk)))
+                        return false;
+                    int held = reservation;
+                    reservation = 0;
+                    var appended = await log.AppendAsync(record, header, held, cancellationToken).ConfigureAwait(false);
+                    log.AddPending(appended);
+                    if (entry.Loaded)
+                    {
+                        if (!_io.ApplyRecord(entry, appended.Header, record))
+                            throw new InvalidOperationException($"lblk {lblk}: log record {appended.Seq} just written does not decode");
+                        entry.LogApplied = appended.Seq + 1;
+                    }
+                    _appended(lblk);
+                    return true;
+                }
+                finally
+                {
+                    entry.Lock.Release();
+                }
+            }
+            finally
+            {
+                _cache.Unpin(entry);
+            }
+        }
+        finally
+        {
+            if (reservation > 0)
+                log.Unreserve(reservation);
+            ArrayPool<byte>.Shared.Return(record);
+        }
+    }
+
+    /// <summary>
+    /// A change taken into the cache, or a merge (<paramref name="merge"/>: nothing changes, the lblk is loaded with its
+    /// records and marked dirty). False when, under the entry's lock, the change turns out to belong in the log.
+    /// </summary>
+    private async ValueTask<bool> ModifyCachedAsync(ulong lblk, int within, ReadOnlyMemory<byte> data, bool zero, bool merge, CancellationToken cancellationToken, int zeroLength = -1)
     {
         await ThrottleAsync(cancellationToken).ConfigureAwait(false);
         int pblksPerLblk = _geometry.Alloc.PblksPerLblk;
@@ -76,6 +179,12 @@ internal sealed class WriteAdmission
                 byte[]? undo = null;
                 try
                 {
+                    if (merge && !_log!.HasPending(lblk))
+                        return true; // merged meanwhile
+                    // A replay would apply the lblk's live records over a stored form that holds this change: it must be logged too.
+                    if (!merge && _log is not null && !entry.Unlogged && !_pipeline.HoldsUnlogged(lblk) && _log.IsLive(lblk) &&
+                        !(_pipeline.Fault == CheckpointFault.WholeWriteOverLiveRecords && (zero || data.Length == _lblkSize)))
+                        return false;
                     int shortfall = zero ? 0 : pblksPerLblk - entry.ReservedPblks;
                     if (shortfall > 0 && !measure && held == 0)
                         continue; // write-back took the entry's reservation meanwhile: reserve anew
@@ -85,9 +194,14 @@ internal sealed class WriteAdmission
                         undo = _buffers.Rent();
                         before.AsSpan(0, _lblkSize).CopyTo(undo);
                     }
-                    Apply(entry, within, data.Span, zero, zeroLength);
-                    if (!entry.Loaded)
-                        await EnsureLoadedAndApplyAsync(entry, within, data, zeroLength, cancellationToken).ConfigureAwait(false);
+                    if (merge)
+                        await _io.EnsureLoadedAsync(entry, cancellationToken).ConfigureAwait(false);
+                    else
+                    {
+                        Apply(entry, within, data.Span, zero, zeroLength);
+                        if (!entry.Loaded)
+                            await EnsureLoadedAndApplyAsync(entry, within, data, zeroLength, cancellationToken).ConfigureAwait(false);
+                    }
                     if (shortfall > 0 && !measure)
                     {
                         entry.ReservedPblks = pblksPerLblk;
@@ -108,8 +222,10 @@ internal sealed class WriteAdmission
                             entry.ReservedPblks += extra;
                     }
                     entry.Version++;
+                    if (!merge && _log is not null)
+                        entry.Unlogged = true;
                     _cache.MarkDirty(entry);
-                    break;
+                    return true;
                 }
                 finally
                 {

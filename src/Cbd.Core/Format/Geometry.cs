@@ -13,6 +13,8 @@ public sealed class Geometry
     {
         Header = header;
         NrPblks = header.NrPhysicalSectors / Layout.SectorsPerPblk;
+        LogPblks = header.LogPblks;
+        ZonesEnd = NrPblks - Math.Min(LogPblks, NrPblks);
         Alloc = new LblkAllocFormat(header.LblkShift, NrPblks, header.Flags.HasFlag(HeaderFlags.LblkCrc));
         NrLblks = header.NrLogicalSectors * Layout.SectorSize / (ulong)header.LblkSize;
         NrZones = header.NrZones;
@@ -31,6 +33,18 @@ public sealed class Geometry
     public LblkAllocFormat Alloc { get; }
     public ulong LbatPblks { get; }
 
+    /// <summary>pblks of the write log, the last pblks of the device (docs/FORMAT.md, "The write log"); 0 without one.</summary>
+    public ulong LogPblks { get; }
+
+    /// <summary>The first pblk past the zones: the log's first pblk, or the device's end without a log.</summary>
+    public ulong ZonesEnd { get; }
+
+    /// <summary>Byte offset of the write log on the backing store.</summary>
+    public long LogStartByte => (long)ZonesEnd * Layout.PblkSize;
+
+    /// <summary>Bytes of the write log.</summary>
+    public long LogBytes => (long)LogPblks * Layout.PblkSize;
+
     /// <summary>pblks from one zone's start to the next's: pbat, lbat, 32768 data pblks.</summary>
     public ulong ZoneStride { get; }
     public int LblkSize => Alloc.LblkSize;
@@ -42,7 +56,7 @@ public sealed class Geometry
     public ulong DataStart(uint zone) => ZoneStart(zone) + 1 + LbatPblks;
 
     /// <summary>Data pblks of the zone: 32768, fewer in a last, partial zone.</summary>
-    public int DataPblks(uint zone) => (int)Math.Min(Layout.PblksPerZoneData, NrPblks - DataStart(zone));
+    public int DataPblks(uint zone) => (int)Math.Min(Layout.PblksPerZoneData, ZonesEnd - DataStart(zone));
 
     public ulong TotalDataPblks => (NrZones - 1UL) * Layout.PblksPerZoneData + (ulong)DataPblks(NrZones - 1);
 
@@ -51,7 +65,7 @@ public sealed class Geometry
     {
         zone = 0;
         bit = 0;
-        if (pblk == 0 || pblk >= NrPblks)
+        if (pblk == 0 || pblk >= ZonesEnd)
             return false;
         ulong z = (pblk - 1) / ZoneStride;
         if (z >= NrZones)
@@ -103,19 +117,36 @@ public sealed class Geometry
         if (header.LblkPerZone == 0)
             throw new InvalidDataException("lblk_per_zone: 0, expected at least 1");
 
+        if (header.HasLog)
+            CheckLog(header, nrPblks);
+
         var g = new Geometry(header);
         if ((ulong)header.NrZones * header.LblkPerZone < g.NrLblks)
             throw new InvalidDataException(
                 $"lblk_per_zone: {header.LblkPerZone} x nr_zones {header.NrZones} = {(ulong)header.NrZones * header.LblkPerZone} lblks, but nr_logical_sectors needs {g.NrLblks}");
         // The last zone must start inside the device and hold at least one data pblk.
         ulong lastDataStart = 1 + (header.NrZones - 1UL) * g.ZoneStride + 1 + g.LbatPblks;
-        if (lastDataStart >= nrPblks)
+        if (lastDataStart >= g.ZonesEnd)
             throw new InvalidDataException(
-                $"nr_zones: {header.NrZones}, but {nrPblks} pblks hold at most {MaxZones(nrPblks, g.LbatPblks)} zones of {g.LbatPblks} lbat pblks");
+                $"nr_zones: {header.NrZones}, but {g.ZonesEnd} pblks hold at most {MaxZones(g.ZonesEnd, g.LbatPblks)} zones of {g.LbatPblks} lbat pblks" +
+                (header.HasLog ? $" (the device's {nrPblks} pblks less the log's {header.LogPblks})" : ""));
         if (g.TotalDataPblks < 2UL * (ulong)g.Alloc.PblksPerLblk)
             throw new InvalidDataException(
                 $"nr_physical_sectors: {header.NrPhysicalSectors}, leaves {g.TotalDataPblks} data pblks; at least {2 * g.Alloc.PblksPerLblk} (two lblks) are needed");
         return g;
+    }
+
+    /// <summary>The smallest write log for an lblk size: two records of a whole lblk stored raw, each with its header sector.</summary>
+    public static ulong MinLogPblks(int lblkSize) => 2UL * ((ulong)lblkSize + Layout.PblkSize) / Layout.PblkSize;
+
+    private static void CheckLog(Header header, ulong nrPblks)
+    {
+        ulong min = MinLogPblks(header.LblkSize);
+        if (header.LogPblks < min || header.LogPblks >= nrPblks)
+            throw new InvalidDataException($"log_pblks: {header.LogPblks}, expected {min} (two whole-lblk records) to fewer than the device's {nrPblks} pblks");
+        ulong logBytes = header.LogPblks * Layout.PblkSize;
+        if (header.LogTail % Layout.SectorSize != 0 || header.LogTail >= logBytes)
+            throw new InvalidDataException($"log_tail: {header.LogTail}, expected a multiple of {Layout.SectorSize} below the log's {logBytes} bytes");
     }
 
     /// <summary>
@@ -148,8 +179,10 @@ public sealed class Geometry
     /// The largest logical size the image can later be given without a new format (tune, resize): the
     /// lbats get an entry for each of its lblks. Null, or less than <paramref name="logicalBytes"/>: the logical size.
     /// </param>
+    /// <param name="logPblks">pblks of the write log at the end of the device (docs/FORMAT.md, "The write log"); 0 for none (a version 1.0 image).</param>
+    /// <param name="logId">The log's random id, with a log.</param>
     public static Header Plan(long physicalBytes, long logicalBytes, int lblkSize, CompressionAlgorithm algorithm, int level, HeaderFlags flags,
-        long? maxLogicalBytes = null)
+        long? maxLogicalBytes = null, ulong logPblks = 0, ulong logId = 0)
     {
         if (lblkSize < Layout.PblkSize || !int.IsPow2(lblkSize))
             throw new ArgumentException($"lblk size {lblkSize}: must be a power of two of at least {Layout.PblkSize}");
@@ -164,11 +197,17 @@ public sealed class Geometry
             throw new ArgumentException(e.Message, e);
         }
         int shift = int.Log2(lblkSize / Layout.PblkSize);
-        ulong nrPblks = (ulong)(physicalBytes / Layout.PblkSize);
-        if (nrPblks > Layout.MaxPblks)
+        ulong devicePblks = (ulong)(physicalBytes / Layout.PblkSize);
+        if (devicePblks > Layout.MaxPblks)
             throw new ArgumentException($"physical size {physicalBytes}: the format holds at most 2^48 pblks (1 EiB)");
+        if (logPblks != 0 && logPblks < MinLogPblks(lblkSize))
+            throw new ArgumentException($"log size {logPblks * Layout.PblkSize}: at least {MinLogPblks(lblkSize) * Layout.PblkSize} bytes (two records of a whole {lblkSize}-byte lblk)");
+        if (logPblks >= devicePblks)
+            throw new ArgumentException($"log size {logPblks * Layout.PblkSize}: must leave room for the zones in a physical size of {physicalBytes}");
+        // The zones fill what the log leaves; the lblk_alloc encoding still follows the whole device's size.
+        ulong nrPblks = devicePblks - logPblks;
         bool crc = flags.HasFlag(HeaderFlags.LblkCrc);
-        int maxShift = LblkAllocFormat.MaxLblkShift(nrPblks, crc);
+        int maxShift = LblkAllocFormat.MaxLblkShift(devicePblks, crc);
         if (shift > maxShift)
             throw new ArgumentException(
                 $"lblk size {lblkSize}: at most {Layout.PblkSize << maxShift} bytes on a device of this size (an lblk_alloc entry must fit in one 512-byte sector)");
@@ -178,7 +217,7 @@ public sealed class Geometry
         // Every zone gets entries for its share of the ceiling, so that the logical size can grow to it in place.
         long entries = Math.Max(nrLblks, (maxLogicalBytes ?? 0) / lblkSize);
 
-        var alloc = new LblkAllocFormat(shift, nrPblks, crc);
+        var alloc = new LblkAllocFormat(shift, devicePblks, crc);
         // Every lblk needs an entry in an lbat on the device. One zone holds the most: header, pbat, the
         // lbat, and the 2n data pblks that let one lblk be rewritten (more zones only add pbats).
         ulong minData = 2UL * (ulong)alloc.PblksPerLblk;
@@ -210,7 +249,10 @@ public sealed class Geometry
 
         var header = new Header
         {
-            NrPhysicalSectors = nrPblks * Layout.SectorsPerPblk,
+            VersionMinor = logPblks != 0 ? Header.LogVersionMinor : Header.NoLogVersionMinor,
+            LogPblks = logPblks,
+            LogId = logPblks != 0 ? logId : 0,
+            NrPhysicalSectors = devicePblks * Layout.SectorsPerPblk,
             NrLogicalSectors = (ulong)nrLblks * (ulong)lblkSize / Layout.SectorSize,
             LblkShift = (ushort)shift,
             Flags = flags & ~HeaderFlags.Dirty,

@@ -46,7 +46,14 @@ public sealed record Header
         internal const int LblkPerZone = NrZones + sizeof(uint);          // 0x24-0x27 u32
         internal const int PblkUsed = LblkPerZone + sizeof(uint);         // 0x28-0x2F u64
         internal const int LblkUsed = PblkUsed + sizeof(ulong);           // 0x30-0x37 u64
-        internal const int ReservedEnd = LblkUsed + sizeof(ulong);        // 0x38-0x1FB zero
+        internal const int LogPblks = LblkUsed + sizeof(ulong);           // 0x38-0x3F u64, version 1.1
+        internal const int LogId = LogPblks + sizeof(ulong);              // 0x40-0x47 u64, version 1.1
+        internal const int LogTail = LogId + sizeof(ulong);               // 0x48-0x4F u64, version 1.1
+        internal const int LogSeq = LogTail + sizeof(ulong);              // 0x50-0x57 u64, version 1.1
+        internal const int LogEpoch = LogSeq + sizeof(ulong);             // 0x58-0x5B u32, version 1.1
+        internal const int ReservedEnd = LogEpoch + sizeof(uint);         // 0x5C-0x1FB zero
+        /// <summary>Where version 1.0's reserved bytes start: the log fields are reserved there.</summary>
+        internal const int ReservedEnd10 = LogPblks;
         internal const int Checksum = Layout.SectorSize - sizeof(uint);   // 0x1FC-0x1FF u32 CRC32C of 0x000-0x1FB
     }
 
@@ -54,10 +61,16 @@ public sealed record Header
     public static ReadOnlySpan<byte> Magic => [0x43, 0x42, 0x44, 0x1A];
 
     public const ushort CurrentVersionMajor = 1;
-    public const ushort CurrentVersionMinor = 0;
+    public const ushort CurrentVersionMinor = 1;
+
+    /// <summary>The minor version of an image without a write log; one with a log is <see cref="LogVersionMinor"/>.</summary>
+    public const ushort NoLogVersionMinor = 0;
+
+    /// <summary>The minor version that added the write log (docs/FORMAT.md, "The write log").</summary>
+    public const ushort LogVersionMinor = 1;
 
     public ushort VersionMajor { get; init; } = CurrentVersionMajor;
-    public ushort VersionMinor { get; init; } = CurrentVersionMinor;
+    public ushort VersionMinor { get; init; } = NoLogVersionMinor;
     public ulong NrPhysicalSectors { get; init; }
     public ulong NrLogicalSectors { get; init; }
 
@@ -74,6 +87,23 @@ public sealed record Header
 
     /// <summary>Allocated lblks; trusted only when the image was closed clean.</summary>
     public ulong LblkUsed { get; init; }
+
+    /// <summary>pblks of the write log at the end of the device; 0 when the image has none (version 1.0).</summary>
+    public ulong LogPblks { get; init; }
+
+    /// <summary>A random number chosen at format that every log record carries, so that no record of another image is ever replayed.</summary>
+    public ulong LogId { get; init; }
+
+    /// <summary>Byte offset, within the log, of the oldest record still needed (a multiple of 512).</summary>
+    public ulong LogTail { get; init; }
+
+    /// <summary>The sequence number of the record at <see cref="LogTail"/>.</summary>
+    public ulong LogSeq { get; init; }
+
+    /// <summary>Sessions that opened the image for writing; records carry the number of the one that wrote them.</summary>
+    public uint LogEpoch { get; init; }
+
+    public bool HasLog => LogPblks != 0;
 
     public int LblkSize => Layout.PblkSize << LblkShift;
 
@@ -95,6 +125,11 @@ public sealed record Header
         BinaryPrimitives.WriteUInt32LittleEndian(b[Offsets.LblkPerZone..], LblkPerZone);
         BinaryPrimitives.WriteUInt64LittleEndian(b[Offsets.PblkUsed..], PblkUsed);
         BinaryPrimitives.WriteUInt64LittleEndian(b[Offsets.LblkUsed..], LblkUsed);
+        BinaryPrimitives.WriteUInt64LittleEndian(b[Offsets.LogPblks..], LogPblks);
+        BinaryPrimitives.WriteUInt64LittleEndian(b[Offsets.LogId..], LogId);
+        BinaryPrimitives.WriteUInt64LittleEndian(b[Offsets.LogTail..], LogTail);
+        BinaryPrimitives.WriteUInt64LittleEndian(b[Offsets.LogSeq..], LogSeq);
+        BinaryPrimitives.WriteUInt32LittleEndian(b[Offsets.LogEpoch..], LogEpoch);
         BinaryPrimitives.WriteUInt32LittleEndian(b[Offsets.Checksum..], Crc32C(b[..Offsets.Checksum]));
     }
 
@@ -140,14 +175,19 @@ public sealed record Header
         byte level = source[Offsets.Level];
         CodecLimits.Validate(algorithm, level, "header");
 
+        // Version 1.0 reserves the log fields too: a 1.0 image has no log.
+        int reservedEnd = minor >= LogVersionMinor ? Offsets.ReservedEnd : Offsets.ReservedEnd10;
         int reserved = source[Offsets.Reserved1E..Offsets.NrZones].IndexOfAnyExcept((byte)0);
         if (reserved >= 0)
             reserved += Offsets.Reserved1E;
-        else if ((reserved = source[Offsets.ReservedEnd..Offsets.Checksum].IndexOfAnyExcept((byte)0)) >= 0)
-            reserved += Offsets.ReservedEnd;
+        else if ((reserved = source[reservedEnd..Offsets.Checksum].IndexOfAnyExcept((byte)0)) >= 0)
+            reserved += reservedEnd;
         if (reserved >= 0)
             throw new InvalidDataException(
-                $"header reserved byte 0x{reserved:X}: 0x{source[reserved]:x2}, expected 0 (bytes 0x1E-0x1F and 0x38-0x1FB are reserved in version 1.0)");
+                $"header reserved byte 0x{reserved:X}: 0x{source[reserved]:x2}, expected 0 (bytes 0x1E-0x1F and 0x{reservedEnd:X}-0x1FB are reserved in version {major}.{minor})");
+        ulong logPblks = BinaryPrimitives.ReadUInt64LittleEndian(source[Offsets.LogPblks..]);
+        if (minor >= LogVersionMinor && logPblks == 0)
+            throw new InvalidDataException($"log_pblks: 0, expected a write log in a version {major}.{minor} image (an image without one is version {major}.{NoLogVersionMinor})");
 
         header = new Header
         {
@@ -163,6 +203,11 @@ public sealed record Header
             LblkPerZone = BinaryPrimitives.ReadUInt32LittleEndian(source[Offsets.LblkPerZone..]),
             PblkUsed = BinaryPrimitives.ReadUInt64LittleEndian(source[Offsets.PblkUsed..]),
             LblkUsed = BinaryPrimitives.ReadUInt64LittleEndian(source[Offsets.LblkUsed..]),
+            LogPblks = logPblks,
+            LogId = BinaryPrimitives.ReadUInt64LittleEndian(source[Offsets.LogId..]),
+            LogTail = BinaryPrimitives.ReadUInt64LittleEndian(source[Offsets.LogTail..]),
+            LogSeq = BinaryPrimitives.ReadUInt64LittleEndian(source[Offsets.LogSeq..]),
+            LogEpoch = BinaryPrimitives.ReadUInt32LittleEndian(source[Offsets.LogEpoch..]),
         };
         return true;
     }

@@ -28,6 +28,14 @@ public sealed record FormatOptions
 
     /// <summary>Keep a CRC32C of each stored lblk in its lblk_alloc entry and verify it on every read.</summary>
     public bool LblkChecksums { get; init; } = true;
+
+    /// <summary>
+    /// Bytes of the write log at the end of the device, rounded down to whole pblks (docs/FORMAT.md, "The write
+    /// log"): writes smaller than an lblk are appended there and merged into their lblks later. 0, the default
+    /// here, formats a version 1.0 image without one; <see cref="ImageFormatter.DefaultLogBytes"/> is the size
+    /// `cbd format` gives.
+    /// </summary>
+    public long LogSize { get; init; }
 }
 
 /// <summary>
@@ -39,6 +47,22 @@ public static class ImageFormatter
 {
     /// <summary>The default logical size is this many times the physical size (docs/FORMAT.md, "Choosing nr_zones and lblk_per_zone at format").</summary>
     public const int DefaultLogicalFactor = 3;
+
+    /// <summary>The default write log: this fraction of the physical size...</summary>
+    public const int DefaultLogDivisor = 8;
+
+    /// <summary>...but at most this much.</summary>
+    public const long MaxDefaultLogBytes = 1L << 30;
+
+    /// <summary>
+    /// The write log `cbd format` gives a device of <paramref name="physicalBytes"/>: an eighth of it, at most
+    /// 1 GiB, and no log where that is less than the smallest log <paramref name="lblkSize"/> allows.
+    /// </summary>
+    public static long DefaultLogBytes(long physicalBytes, int lblkSize)
+    {
+        long bytes = Math.Min(physicalBytes / DefaultLogDivisor, MaxDefaultLogBytes) / Layout.PblkSize * Layout.PblkSize;
+        return (ulong)bytes / Layout.PblkSize < Geometry.MinLogPblks(lblkSize) ? 0 : bytes;
+    }
 
     /// <summary>
     /// The header a format of <paramref name="physicalBytes"/> with <paramref name="options"/> writes.
@@ -58,7 +82,22 @@ public static class ImageFormatter
         }
         long logical = options.LogicalSize ?? physicalBytes / Layout.PblkSize * Layout.PblkSize * DefaultLogicalFactor;
         var flags = (options.ZeroDetect ? HeaderFlags.ZeroDetect : 0) | (options.LblkChecksums ? HeaderFlags.LblkCrc : 0);
-        return Geometry.Plan(physicalBytes, logical, options.LblkSize, options.Algorithm, level, flags, options.MaxLogicalSize);
+        if (options.LogSize < 0)
+            throw new ArgumentException($"log size {options.LogSize}: must not be negative", nameof(options));
+        ulong logPblks = (ulong)(options.LogSize / Layout.PblkSize);
+        ulong logId = logPblks == 0 ? 0 : NewLogId();
+        return Geometry.Plan(physicalBytes, logical, options.LblkSize, options.Algorithm, level, flags, options.MaxLogicalSize, logPblks, logId);
+    }
+
+    /// <summary>A random, non-zero log id: no record of another image (or of an earlier format of this one) matches it.</summary>
+    public static ulong NewLogId()
+    {
+        ulong id;
+        do
+        {
+            id = BitConverter.ToUInt64(System.Security.Cryptography.RandomNumberGenerator.GetBytes(sizeof(ulong)));
+        } while (id == 0);
+        return id;
     }
 
     /// <summary>

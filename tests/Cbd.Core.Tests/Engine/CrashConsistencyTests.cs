@@ -32,6 +32,12 @@ public class CrashConsistencyTests(ITestOutputHelper output)
 
     private sealed record Workload(int Seed, RecordingStore Recorder, List<Step> Steps, Geometry Geometry);
 
+    /// <summary>
+    /// The write log of the workloads that have one (FORMAT.md, "The write log"): room for a few partial lblks, so that
+    /// it fills, merges, wraps with pads and moves its tail many times in 60 operations.
+    /// </summary>
+    private const int LogBytes = 96 * 1024;
+
     /// <summary>Where the recorded log shows checkpoints overlapping.</summary>
     /// <param name="DataBeforeEarlierLbat">Data writes followed by an lbat write with no fsync completing in
     /// between. The lbat write is a commit's, after its publication, after the publications before it; had
@@ -58,6 +64,64 @@ public class CrashConsistencyTests(ITestOutputHelper output)
         // The commits gave freed pblks back to the store: the cuts go through those punches too.
         Assert.True(workload.Recorder.Punches > 0, "no freed pblk was punched");
         await VerifyCutsAsync(workload, Enumerable.Range(0, workload.Recorder.Count + 1), variantsPerCut);
+    }
+
+    /// <summary>
+    /// The same with a write log: cuts fall during appends (torn records at 512 bytes, records durable out of order
+    /// behind held fsyncs), during merges and during the header writes that move the log's tail.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Workloads))]
+    public async Task Every_cut_point_of_a_workload_with_a_write_log_leaves_old_or_new_contents(int seed, int variantsPerCut, int cacheLblks)
+    {
+        var workload = await RecordWorkloadAsync(seed, operations: 60, cacheLblks, logBytes: LogBytes);
+        var (appends, tailMoves) = MeasureLog(workload);
+        Assert.True(appends > 20 && tailMoves > 2, $"seed {seed}: {appends} records appended, the tail moved {tailMoves} times");
+        output.WriteLine($"seed {workload.Seed}: {workload.Recorder.Count} log entries, {appends} records, {tailMoves} tail moves");
+        await VerifyCutsAsync(workload, Enumerable.Range(0, workload.Recorder.Count + 1), variantsPerCut);
+    }
+
+    /// <summary>
+    /// The simulation must fail on an engine that breaks the log's rules. What it caught while this test was written:
+    /// - <see cref="CheckpointFault.RetireBeforeCommitFsync"/>: see the output of the run; the tail written to the header
+    ///   before the merged entries were durable lets a cut lose records a flush made durable.
+    /// - <see cref="CheckpointFault.WholeWriteOverLiveRecords"/>: a whole-lblk write taken into the cache while older records
+    ///   of the lblk were live: a cut after its write-back replays the older records over it.
+    /// </summary>
+    [Theory]
+    [InlineData(nameof(CheckpointFault.RetireBeforeCommitFsync), 16)]
+    [InlineData(nameof(CheckpointFault.WholeWriteOverLiveRecords), 16)]
+    public async Task Simulation_catches_a_broken_log_rule(string faultName, int maxSeeds)
+    {
+        var fault = Enum.Parse<CheckpointFault>(faultName);
+        for (int seed = 1; seed <= maxSeeds; seed++)
+        {
+            var workload = await RecordWorkloadAsync(seed, operations: 60, cacheLblks: 16, fault, logBytes: LogBytes);
+            var failure = await Record.ExceptionAsync(() => VerifyCutsAsync(workload, Enumerable.Range(0, workload.Recorder.Count + 1), 1));
+            if (failure is not null)
+            {
+                output.WriteLine($"{fault}: caught at seed {seed}: {failure.GetType().Name}: {failure.Message}");
+                return;
+            }
+        }
+        Assert.Fail($"{fault}: every cut of {maxSeeds} workloads passed");
+    }
+
+    /// <summary>Records appended to the log region, and header writes after the first (which sets DIRTY): the tail's moves.</summary>
+    private static (int Appends, int TailMoves) MeasureLog(Workload workload)
+    {
+        var g = workload.Geometry;
+        int appends = 0, headers = 0;
+        foreach (var entry in workload.Recorder.Log)
+        {
+            if (entry is not RecordingStore.Write write)
+                continue;
+            if (write.Offset >= g.LogStartByte)
+                appends++;
+            else if (write.Offset == 0)
+                headers++;
+        }
+        return (appends, Math.Max(0, headers - 2));
     }
 
     [Fact]
@@ -135,10 +199,11 @@ public class CrashConsistencyTests(ITestOutputHelper output)
         Assert.Fail($"{fault}: every cut of {maxSeeds} workloads passed");
     }
 
-    private static async Task<Workload> RecordWorkloadAsync(int seed, int operations, int cacheLblks = CacheLblks, CheckpointFault fault = CheckpointFault.None)
+    private static async Task<Workload> RecordWorkloadAsync(int seed, int operations, int cacheLblks = CacheLblks, CheckpointFault fault = CheckpointFault.None,
+        long logBytes = 0)
     {
         var store = new MemoryBackingStore(4 << 20);
-        await ImageFormatter.FormatAsync(store, new FormatOptions { LblkSize = LblkSize, LogicalSize = 64 * LblkSize });
+        await ImageFormatter.FormatAsync(store, new FormatOptions { LblkSize = LblkSize, LogicalSize = 64 * LblkSize, LogSize = logBytes });
         var geometry = await Geometry.ReadAsync(store);
         // How eagerly fsyncs complete while writes go on differs from seed to seed.
         double[] releaseOnWrite = [0, 0.02, 0.1, 0.3];

@@ -73,9 +73,13 @@ public class ModelTests(ITestOutputHelper output)
         (2, s_concurrentOp.Array[2, 4].Select(g => new Op(Kind.Concurrent, 0, 0, 0, false, g))));
 
     /// <summary>Physical sizes: room for the whole device stored uncompressed, or for about half of it.</summary>
-    private static readonly Gen<(Op[] Ops, bool ZeroDetect, int Cache, int Physical)> s_case =
+    /// <summary>A write log of a few partial lblks (FORMAT.md, "The write log"), so that it fills and merges within a run.</summary>
+    private const int LogBytes = 96 << 10;
+
+    private static readonly Gen<(Op[] Ops, bool ZeroDetect, int Cache, int Physical, int Log)> s_case =
         Gen.Select(s_op.Array[1, 40], Gen.Bool, Gen.OneOf(Gen.Const(1), Gen.Const(64)), Gen.OneOf(Gen.Const(2 << 20), Gen.Const(640 << 10)),
-            (ops, z, c, p) => (ops, z, c, p));
+            Gen.OneOf(Gen.Const(0), Gen.Const(LogBytes)),
+            (ops, z, c, p, l) => (ops, z, c, p, l));
 
     /// <summary>What the runs exercised, so that the test can show it reached what it is meant to.</summary>
     private sealed class Tally
@@ -104,17 +108,19 @@ public class ModelTests(ITestOutputHelper output)
     public async Task Device_agrees_with_a_byte_array_model()
     {
         var tally = new Tally();
-        await RunAsync(s_everyCase, zeroDetect: false, cacheLblks: 1, physical: 640 << 10, tally);
-        await s_case.SampleAsync(async c => await RunAsync(c.Ops, c.ZeroDetect, c.Cache, c.Physical, tally), iter: s_iterations, threads: 1,
-            print: c => $"zeroDetect={c.ZeroDetect} cacheLblks={c.Cache} physical={c.Physical}: " + string.Join(", ", c.Ops.Select(o => o.ToString())));
+        await RunAsync(s_everyCase, zeroDetect: false, cacheLblks: 1, physical: 640 << 10, logBytes: 0, tally);
+        await RunAsync(s_everyCase, zeroDetect: false, cacheLblks: 1, physical: 640 << 10, logBytes: LogBytes, tally);
+        await s_case.SampleAsync(async c => await RunAsync(c.Ops, c.ZeroDetect, c.Cache, c.Physical, c.Log, tally), iter: s_iterations, threads: 1,
+            print: c => $"zeroDetect={c.ZeroDetect} cacheLblks={c.Cache} physical={c.Physical} log={c.Log}: " + string.Join(", ", c.Ops.Select(o => o.ToString())));
         output.WriteLine(tally.ToString());
         Assert.True(tally.OutOfSpace > 0 && tally.Crashes > 0 && tally.OverlappingGroups > 0, $"the runs missed a case: {tally}");
     }
 
-    private static async Task RunAsync(Op[] ops, bool zeroDetect, int cacheLblks, int physical, Tally tally)
+    private static async Task RunAsync(Op[] ops, bool zeroDetect, int cacheLblks, int physical, int logBytes, Tally tally)
     {
         tally.Runs++;
-        var store = new SnapshotStore(await DeviceTestKit.FormatAsync(physical, new FormatOptions { LblkSize = LblkSize, LogicalSize = LogicalSize, ZeroDetect = zeroDetect }));
+        var store = new SnapshotStore(await DeviceTestKit.FormatAsync(physical,
+            new FormatOptions { LblkSize = LblkSize, LogicalSize = LogicalSize, ZeroDetect = zeroDetect, LogSize = logBytes }));
         // The cache as asked for: with 1 lblk, every write-back runs under pressure.
         var options = new DeviceOptions { CacheBytes = (long)cacheLblks * LblkSize, ExactCacheSize = true, FlushDelay = TimeSpan.FromHours(1), WriteBackParallelism = 2 };
         var model = new Model();

@@ -1,0 +1,192 @@
+namespace Cbd.Core.Engine;
+
+/// <summary>
+/// Merges the write log's records into their lblks (docs/FORMAT.md, "The write log"): each merge loads an lblk with its
+/// pending records applied and marks it dirty (<see cref="WriteAdmission.MergeAsync"/>), so one compression covers every
+/// record it gathered; the checkpoint that writes it back retires the records, and the tail moves on. It merges the
+/// lblks whose records are oldest when the log is half full (or a writer waits for room), every lblk when no record
+/// was appended for the flush delay, and an lblk at once when it gathers <see cref="MaxRecordsPerLblk"/> records.
+/// </summary>
+internal sealed class LogMerger
+{
+    /// <summary>Records an lblk gathers before it is merged whatever the log's fill: a load applies them all.</summary>
+    public const int MaxRecordsPerLblk = 32;
+
+    private readonly WriteLog _log;
+    private readonly WriteAdmission _admission;
+    private readonly CheckpointPipeline _pipeline;
+    private readonly DamageLog _damage;
+    private readonly Func<long, ulong, CancellationToken, ValueTask> _writeTail;
+    private readonly TimeSpan _idleDelay;
+    private readonly int _batch;
+    private readonly int _parallelism;
+    private readonly SemaphoreSlim _kick = new(0, 1);
+    private readonly CancellationTokenSource _stop = new();
+    private Task? _loop;
+    private long _lastAppend = Environment.TickCount64;
+    private volatile Exception? _stuck;
+
+    public LogMerger(WriteLog log, WriteAdmission admission, CheckpointPipeline pipeline, DamageLog damage,
+        Func<long, ulong, CancellationToken, ValueTask> writeTail, TimeSpan idleDelay, int batch, int parallelism)
+    {
+        _log = log;
+        _admission = admission;
+        _pipeline = pipeline;
+        _damage = damage;
+        _writeTail = writeTail;
+        _idleDelay = idleDelay;
+        _batch = Math.Max(1, batch);
+        _parallelism = Math.Max(1, parallelism);
+    }
+
+    /// <summary>Why the log cannot make room (no space to merge into), while that lasts; writers waiting for room then fail with it.</summary>
+    public Exception? Stuck => _stuck;
+
+    public void Start() => _loop = Task.Run(LoopAsync);
+
+    public async ValueTask StopAsync()
+    {
+        _stop.Cancel();
+        if (_loop is not null)
+            await _loop.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+    }
+
+    /// <summary>After an append: kicks a merge when the log is half full or the lblk has gathered enough records.</summary>
+    public void Appended(ulong lblk)
+    {
+        Interlocked.Exchange(ref _lastAppend, Environment.TickCount64);
+        if (_log.Used * 2 >= _log.Bytes || _log.PendingCount(lblk) >= MaxRecordsPerLblk)
+            Kick();
+    }
+
+    /// <summary>A writer waits for room in the log.</summary>
+    public void Kick()
+    {
+        try
+        {
+            if (_kick.CurrentCount == 0)
+                _kick.Release();
+        }
+        catch (SemaphoreFullException)
+        {
+        }
+    }
+
+    /// <summary>
+    /// At a clean close: merges every record it can and waits for the tail to pass them. Records of lblks that do not fit in
+    /// the space left stay in the log (durable, read at the next open) and are named in the log; returns how many lblks.
+    /// </summary>
+    public async ValueTask<int> MergeAllAsync(CancellationToken cancellationToken)
+    {
+        while (_log.PendingLblks > 0)
+        {
+            int before = _log.PendingLblks;
+            try
+            {
+                await MergeRoundAsync(_log.OldestLblks(_batch), cancellationToken).ConfigureAwait(false);
+            }
+            catch (OutOfSpaceException)
+            {
+            }
+            await _pipeline.CheckpointAsync(_pipeline.Started, cancellationToken).ConfigureAwait(false);
+            if (_log.PendingLblks >= before)
+            {
+                _damage.Log($"{_log.PendingLblks} lblk(s) keep records in the write log for want of space to merge them; they are read from the log, and merge once space is freed");
+                return _log.PendingLblks;
+            }
+        }
+        return 0;
+    }
+
+    private async Task LoopAsync()
+    {
+        var token = _stop.Token;
+        var tick = TimeSpan.FromMilliseconds(Math.Clamp(_idleDelay.TotalMilliseconds / 4, 10, 1000));
+        while (!token.IsCancellationRequested)
+        {
+            try
+            {
+                await _kick.WaitAsync(tick, token).ConfigureAwait(false);
+                if (_pipeline.Failed is not null || _log.Failed is not null)
+                    return;
+                var lblks = Choose();
+                if (lblks.Count == 0)
+                    continue;
+                long tailBefore = (long)_log.DurableTail.Seq;
+                await MergeRoundAsync(lblks, token).ConfigureAwait(false);
+                await _pipeline.CheckpointAsync(_pipeline.Started, token).ConfigureAwait(false);
+                bool moved = (long)_log.DurableTail.Seq != tailBefore;
+                if (moved || _log.PendingLblks == 0)
+                    _stuck = null;
+                // More to do at once while the log stays half full.
+                if (_log.Used * 2 >= _log.Bytes)
+                    Kick();
+            }
+            catch (OperationCanceledException) when (token.IsCancellationRequested)
+            {
+                return;
+            }
+            catch (OutOfSpaceException e)
+            {
+                // Nothing could be merged for want of space: writers waiting for room learn why.
+                _stuck = e;
+                _log.WakeWaiters();
+            }
+            catch (Exception)
+            {
+                _log.WakeWaiters();
+                return; // the pipeline's latch holds the cause; writes and flushes now report it
+            }
+        }
+    }
+
+    /// <summary>What to merge now: the oldest lblks when the log is half full, lblks with many records, everything when idle.</summary>
+    private List<ulong> Choose()
+    {
+        if (_log.PendingLblks == 0)
+            return [];
+        if (_log.Used * 2 >= _log.Bytes)
+            return _log.OldestLblks(_batch);
+        bool idle = Environment.TickCount64 - Interlocked.Read(ref _lastAppend) >= (long)_idleDelay.TotalMilliseconds;
+        if (idle)
+            return _log.OldestLblks(_batch);
+        return _log.LblksWithRecords(MaxRecordsPerLblk, _batch);
+    }
+
+    private async Task MergeRoundAsync(List<ulong> lblks, CancellationToken cancellationToken)
+    {
+        int merged = 0;
+        OutOfSpaceException? full = null;
+        await Parallel.ForEachAsync(lblks, new ParallelOptions { MaxDegreeOfParallelism = _parallelism, CancellationToken = cancellationToken },
+            async (lblk, token) =>
+            {
+                try
+                {
+                    await _admission.MergeAsync(lblk, token).ConfigureAwait(false);
+                    Interlocked.Increment(ref merged);
+                }
+                catch (LblkCorruptException)
+                {
+                    // The lblk reads as an I/O error whatever its records say (the damage log named it): its records
+                    // cannot be merged, and must not hold the log's tail for ever.
+                    await DropAsync(lblk, token).ConfigureAwait(false);
+                }
+                catch (OutOfSpaceException e)
+                {
+                    full = e;
+                }
+            }).ConfigureAwait(false);
+        if (merged == 0 && full is not null)
+            throw full;
+    }
+
+    private async ValueTask DropAsync(ulong lblk, CancellationToken cancellationToken)
+    {
+        var dropped = new List<ulong>();
+        _log.TakeMerged(lblk, ulong.MaxValue, dropped);
+        if (dropped.Count == 0)
+            return;
+        _damage.Log($"lblk {lblk}: {dropped.Count} log record(s) written to it since it was damaged are dropped; it reads as an I/O error until written whole or repaired (cbd check --repair)");
+        await _log.RetireAsync(dropped, _writeTail, cancellationToken).ConfigureAwait(false);
+    }
+}
