@@ -45,7 +45,7 @@ internal sealed class CheckpointPipeline
     private readonly CheckpointFault _fault;
     private readonly EngineCounters _counters;
     private readonly WriteLog? _log;
-    private readonly Func<long, ulong, CancellationToken, ValueTask> _writeLogTail;
+    private readonly Func<LogTail, CancellationToken, ValueTask> _writeLogTail;
 
     private readonly SemaphoreSlim _checkpointLock = new(1, 1);
     /// <summary>The commit of the last checkpoint; each commit waits for the one before it.</summary>
@@ -63,7 +63,7 @@ internal sealed class CheckpointPipeline
 
     public CheckpointPipeline(IBackingStore store, LbatCache lbat, Allocator alloc, PblkReleaser releaser, LblkCache cache, LblkIo io, UsedCounts used,
         DeviceRecovery recovery, DamageLog damage, int parallelism, CheckpointFault fault, EngineCounters counters,
-        WriteLog? log, Func<long, ulong, CancellationToken, ValueTask> writeLogTail)
+        WriteLog? log, Func<LogTail, CancellationToken, ValueTask> writeLogTail)
     {
         _log = log;
         _writeLogTail = writeLogTail;

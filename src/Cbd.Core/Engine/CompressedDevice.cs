@@ -273,8 +273,8 @@ public sealed partial class CompressedDevice : IBlockDevice
     }
 
     /// <summary>The log's tail moved past records whose merges are durable: the header says so, durably.</summary>
-    private ValueTask WriteLogTailAsync(long tail, ulong seq, CancellationToken cancellationToken) =>
-        WriteHeaderAsync(dirty: true, cancellationToken, (tail, seq));
+    private ValueTask WriteLogTailAsync(LogTail tail, CancellationToken cancellationToken) =>
+        WriteHeaderAsync(dirty: true, cancellationToken, tail);
 
     // ---- status ----
 
@@ -354,7 +354,7 @@ public sealed partial class CompressedDevice : IBlockDevice
     /// Writes the header, durably: DIRTY as asked, the stats as counted, and with a log its tail (<paramref name="logTail"/>,
     /// else the log's durable tail) and this session's epoch.
     /// </summary>
-    private async ValueTask WriteHeaderAsync(bool dirty, CancellationToken cancellationToken, (long Position, ulong Seq)? logTail = null)
+    private async ValueTask WriteHeaderAsync(bool dirty, CancellationToken cancellationToken, LogTail? logTail = null)
     {
         await _headerWrite.WaitAsync(cancellationToken).ConfigureAwait(false);
         try
@@ -368,8 +368,8 @@ public sealed partial class CompressedDevice : IBlockDevice
             };
             if (_log is not null)
             {
-                var (tail, seq) = logTail ?? _log.DurableTail;
-                header = header with { LogTail = (ulong)tail, LogSeq = seq, LogEpoch = _log.Epoch };
+                var tail = logTail ?? _log.DurableTail;
+                header = header with { LogTail = (ulong)tail.Position, LogSeq = tail.Seq, LogTailEpoch = tail.Epoch, LogEpoch = _log.Epoch };
             }
             await header.WriteAsync(_store, cancellationToken).ConfigureAwait(false);
             Header = header;

@@ -16,7 +16,7 @@ internal sealed class LogMerger
     private readonly WriteAdmission _admission;
     private readonly CheckpointPipeline _pipeline;
     private readonly DamageLog _damage;
-    private readonly Func<long, ulong, CancellationToken, ValueTask> _writeTail;
+    private readonly Func<LogTail, CancellationToken, ValueTask> _writeTail;
     private readonly TimeSpan _idleDelay;
     private readonly int _batch;
     private readonly int _parallelism;
@@ -27,7 +27,7 @@ internal sealed class LogMerger
     private volatile Exception? _stuck;
 
     public LogMerger(WriteLog log, WriteAdmission admission, CheckpointPipeline pipeline, DamageLog damage,
-        Func<long, ulong, CancellationToken, ValueTask> writeTail, TimeSpan idleDelay, int batch, int parallelism)
+        Func<LogTail, CancellationToken, ValueTask> writeTail, TimeSpan idleDelay, int batch, int parallelism)
     {
         _log = log;
         _admission = admission;

@@ -183,7 +183,7 @@ internal sealed class WriteAdmission
                         return true; // merged meanwhile
                     // A replay would apply the lblk's live records over a stored form that holds this change: it must be logged too.
                     if (!merge && _log is not null && !entry.Unlogged && !_pipeline.HoldsUnlogged(lblk) && _log.IsLive(lblk) &&
-                        !(_pipeline.Fault == CheckpointFault.WholeWriteOverLiveRecords && (zero || data.Length == _lblkSize)))
+                        !(_pipeline.Fault == CheckpointFault.WholeWriteOverLiveRecords && (zero || (zeroLength >= 0 ? zeroLength : data.Length) == _lblkSize)))
                         return false;
                     int shortfall = zero ? 0 : pblksPerLblk - entry.ReservedPblks;
                     if (shortfall > 0 && !measure && held == 0)
@@ -224,6 +224,9 @@ internal sealed class WriteAdmission
                     entry.Version++;
                     if (!merge && _log is not null)
                         entry.Unlogged = true;
+                    // The injected bug takes a whole write as superseding the lblk's records, so its write-back retires them.
+                    if (_pipeline.Fault == CheckpointFault.WholeWriteOverLiveRecords && _log is not null && !merge)
+                        entry.LogApplied = Math.Max(entry.LogApplied, _log.AppliedBefore(lblk));
                     _cache.MarkDirty(entry);
                     return true;
                 }

@@ -5,6 +5,9 @@ using Cbd.Core.Storage;
 
 namespace Cbd.Core.Engine;
 
+/// <summary>Where the log's oldest needed record is: its position in the ring, its seq, and the least epoch it may have (docs/FORMAT.md, "Reading the log").</summary>
+internal readonly record struct LogTail(long Position, ulong Seq, uint Epoch);
+
 /// <summary>A record of the log not yet merged into its lblk: what <see cref="LblkIo"/> applies over the lblk's stored form.</summary>
 internal readonly record struct PendingRecord(ulong Seq, long Position, LogRecordHeader Header);
 
@@ -49,12 +52,13 @@ internal sealed class WriteLog
     private readonly Dictionary<ulong, List<PendingRecord>> _pending = new();
     private readonly Dictionary<ulong, ulong> _lastSeq = new();
     /// <summary>Every record from the in-memory tail on, in seq order, with its end and whether it is retired.</summary>
-    private readonly Queue<(ulong Seq, long End, int Bytes)> _records = new();
+    private readonly Queue<(ulong Seq, long End, int Bytes, uint Epoch)> _records = new();
     private readonly HashSet<ulong> _retired = new();
     private long _memoryTail;
     private ulong _memoryTailSeq;
     private long _durableTail;
     private ulong _durableTailSeq;
+    private uint _durableTailEpoch;
     private long _pendingBytes;
     private TaskCompletionSource _room = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private volatile Exception? _failed;
@@ -72,6 +76,7 @@ internal sealed class WriteLog
         Epoch = epoch;
         _head = _memoryTail = _durableTail = (long)geometry.Header.LogTail;
         _nextSeq = _completedBefore = _memoryTailSeq = _durableTailSeq = _durableBefore = geometry.Header.LogSeq;
+        _durableTailEpoch = geometry.Header.LogTailEpoch;
     }
 
     /// <summary>The session number this device writes records under.</summary>
@@ -81,12 +86,12 @@ internal sealed class WriteLog
     public long Bytes => _bytes;
 
     /// <summary>The tail as last written to the header, for the header writes of open and close.</summary>
-    public (long Position, ulong Seq) DurableTail
+    public LogTail DurableTail
     {
         get
         {
             lock (_lock)
-                return (_durableTail, _durableTailSeq);
+                return new LogTail(_durableTail, _durableTailSeq, _durableTailEpoch);
         }
     }
 
@@ -189,7 +194,7 @@ internal sealed class WriteLog
         lock (_lock)
         {
             long end = position + header.Bytes;
-            _records.Enqueue((header.Seq, end, header.Bytes));
+            _records.Enqueue((header.Seq, end, header.Bytes, header.Epoch));
             if (header.Kind == LogRecordKind.Pad)
                 _retired.Add(header.Seq);
             else
@@ -258,7 +263,7 @@ internal sealed class WriteLog
                 padSeq = _nextSeq++;
                 int padBytes = (int)(_bytes - _head);
                 _inFlight.Add(padSeq);
-                _records.Enqueue((padSeq, _bytes, padBytes));
+                _records.Enqueue((padSeq, _bytes, padBytes, Epoch));
                 _retired.Add(padSeq);
                 _used += padBytes;
                 _head = 0;
@@ -270,7 +275,7 @@ internal sealed class WriteLog
             _inFlight.Add(seq);
             _head += bytes;
             _used += bytes;
-            _records.Enqueue((seq, _head, bytes));
+            _records.Enqueue((seq, _head, bytes, Epoch));
             if (_head == _bytes)
                 _head = 0;
         }
@@ -490,10 +495,9 @@ internal sealed class WriteLog
     /// tail moves past every retired record at its front, and a moved tail is written to the header and made durable, so
     /// that its ring space can be written again. <paramref name="writeTail"/> writes the header with the tail given.
     /// </summary>
-    public async ValueTask RetireAsync(List<ulong> merged, Func<long, ulong, CancellationToken, ValueTask> writeTail, CancellationToken cancellationToken)
+    public async ValueTask RetireAsync(List<ulong> merged, Func<LogTail, CancellationToken, ValueTask> writeTail, CancellationToken cancellationToken)
     {
-        long tail;
-        ulong tailSeq;
+        LogTail tail;
         lock (_lock)
         {
             foreach (ulong seq in merged)
@@ -501,8 +505,11 @@ internal sealed class WriteLog
             AdvanceMemoryTail();
             if (_memoryTailSeq == _durableTailSeq)
                 return;
-            (tail, tailSeq) = (_memoryTail, _memoryTailSeq);
+            // The record now at the tail, or at the head none yet: this session's records are the least that may follow.
+            uint epoch = _records.Count > 0 ? _records.Peek().Epoch : Epoch;
+            tail = new LogTail(_memoryTail, _memoryTailSeq, epoch);
         }
+        ulong tailSeq = tail.Seq;
         await _tailWrite.WaitAsync(cancellationToken).ConfigureAwait(false);
         try
         {
@@ -513,7 +520,7 @@ internal sealed class WriteLog
             }
             try
             {
-                await writeTail(tail, tailSeq, cancellationToken).ConfigureAwait(false);
+                await writeTail(tail, cancellationToken).ConfigureAwait(false);
             }
             catch (Exception e)
             {
@@ -523,7 +530,7 @@ internal sealed class WriteLog
             lock (_lock)
             {
                 _used -= GiveBackPassed(tailSeq);
-                (_durableTail, _durableTailSeq) = (tail, tailSeq);
+                (_durableTail, _durableTailSeq, _durableTailEpoch) = (tail.Position, tail.Seq, tail.Epoch);
                 PruneLastSeq();
                 SignalRoom();
             }
@@ -550,7 +557,7 @@ internal sealed class WriteLog
     {
         while (_records.Count > 0 && _retired.Remove(_records.Peek().Seq))
         {
-            var (seq, end, bytes) = _records.Dequeue();
+            var (seq, end, bytes, _) = _records.Dequeue();
             _passed.Enqueue((seq, bytes));
             _memoryTail = end == _bytes ? 0 : end;
             _memoryTailSeq = seq + 1;

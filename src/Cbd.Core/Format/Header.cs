@@ -51,7 +51,8 @@ public sealed record Header
         internal const int LogTail = LogId + sizeof(ulong);               // 0x48-0x4F u64, version 1.1
         internal const int LogSeq = LogTail + sizeof(ulong);              // 0x50-0x57 u64, version 1.1
         internal const int LogEpoch = LogSeq + sizeof(ulong);             // 0x58-0x5B u32, version 1.1
-        internal const int ReservedEnd = LogEpoch + sizeof(uint);         // 0x5C-0x1FB zero
+        internal const int LogTailEpoch = LogEpoch + sizeof(uint);        // 0x5C-0x5F u32, version 1.1
+        internal const int ReservedEnd = LogTailEpoch + sizeof(uint);     // 0x60-0x1FB zero
         /// <summary>Where version 1.0's reserved bytes start: the log fields are reserved there.</summary>
         internal const int ReservedEnd10 = LogPblks;
         internal const int Checksum = Layout.SectorSize - sizeof(uint);   // 0x1FC-0x1FF u32 CRC32C of 0x000-0x1FB
@@ -103,6 +104,12 @@ public sealed record Header
     /// <summary>Sessions that opened the image for writing; records carry the number of the one that wrote them.</summary>
     public uint LogEpoch { get; init; }
 
+    /// <summary>
+    /// The least epoch the record at <see cref="LogTail"/> may have: its own when the tail is at a record, else the epoch of
+    /// the session that moved the tail to the head. A record an earlier session left there is then never taken.
+    /// </summary>
+    public uint LogTailEpoch { get; init; }
+
     public bool HasLog => LogPblks != 0;
 
     public int LblkSize => Layout.PblkSize << LblkShift;
@@ -130,6 +137,7 @@ public sealed record Header
         BinaryPrimitives.WriteUInt64LittleEndian(b[Offsets.LogTail..], LogTail);
         BinaryPrimitives.WriteUInt64LittleEndian(b[Offsets.LogSeq..], LogSeq);
         BinaryPrimitives.WriteUInt32LittleEndian(b[Offsets.LogEpoch..], LogEpoch);
+        BinaryPrimitives.WriteUInt32LittleEndian(b[Offsets.LogTailEpoch..], LogTailEpoch);
         BinaryPrimitives.WriteUInt32LittleEndian(b[Offsets.Checksum..], Crc32C(b[..Offsets.Checksum]));
     }
 
@@ -208,6 +216,7 @@ public sealed record Header
             LogTail = BinaryPrimitives.ReadUInt64LittleEndian(source[Offsets.LogTail..]),
             LogSeq = BinaryPrimitives.ReadUInt64LittleEndian(source[Offsets.LogSeq..]),
             LogEpoch = BinaryPrimitives.ReadUInt32LittleEndian(source[Offsets.LogEpoch..]),
+            LogTailEpoch = BinaryPrimitives.ReadUInt32LittleEndian(source[Offsets.LogTailEpoch..]),
         };
         return true;
     }

@@ -28,7 +28,9 @@ public static class LogReader
         long start = geometry.LogStartByte;
         long position = (long)header.LogTail;
         ulong seq = header.LogSeq;
-        uint epoch = 0;
+        // The record at the tail may be no older than the header says: one an earlier session left at a tail that had
+        // reached the head is not the continuation of the log.
+        uint epoch = header.LogTailEpoch;
         long records = 0, scanned = 0;
         int lblkSize = geometry.LblkSize;
         byte[] buffer = new byte[LogRecord.MaxBytes(lblkSize)];

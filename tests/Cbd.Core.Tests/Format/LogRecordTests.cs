@@ -144,6 +144,7 @@ public class LogRecordTests
             LogTail = 0x1234 * 512,
             LogSeq = 0xABCDEF,
             LogEpoch = 77,
+            LogTailEpoch = 76,
         };
         var page = new byte[Layout.HeaderSize];
         header.Write(page);
@@ -152,7 +153,8 @@ public class LogRecordTests
         Assert.Equal(0x1234UL * 512, BinaryPrimitives.ReadUInt64LittleEndian(page.AsSpan(0x48)));
         Assert.Equal(0xABCDEFUL, BinaryPrimitives.ReadUInt64LittleEndian(page.AsSpan(0x50)));
         Assert.Equal(77u, BinaryPrimitives.ReadUInt32LittleEndian(page.AsSpan(0x58)));
-        Assert.All(page[0x5C..0x1FC], b => Assert.Equal(0, b));
+        Assert.Equal(76u, BinaryPrimitives.ReadUInt32LittleEndian(page.AsSpan(0x5C)));
+        Assert.All(page[0x60..0x1FC], b => Assert.Equal(0, b));
         Assert.True(Header.TryRead(page, out var back));
         Assert.Equal(header, back);
     }
