@@ -67,7 +67,8 @@ public sealed partial class CompressedDevice : IBlockDevice
         _admission = new WriteAdmission(geometry, _cache, _io, alloc, _space, _used, _pipeline, _scheduler, log,
             () => _merger?.Kick(), lblk => _merger?.Appended(lblk), () => _pipeline.Failed ?? _merger?.Stuck);
         if (log is not null && !options.ReadOnly)
-            _merger = new LogMerger(log, _admission, _pipeline, damage, WriteLogTailAsync, options.FlushDelay, _cache.WriteBackThreshold, parallelism);
+            _merger = new LogMerger(log, _admission, _pipeline, damage, WriteLogTailAsync, options.FlushDelay, _cache.WriteBackThreshold,
+                _cache.ThrottleThreshold - 1, parallelism);
     }
 
     /// <summary>The header as last written (stats are as of open or last clean close).</summary>

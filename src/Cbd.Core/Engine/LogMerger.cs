@@ -19,6 +19,7 @@ internal sealed class LogMerger
     private readonly Func<LogTail, CancellationToken, ValueTask> _writeTail;
     private readonly TimeSpan _idleDelay;
     private readonly int _batch;
+    private readonly int _closingBatch;
     private readonly int _parallelism;
     private readonly SemaphoreSlim _kick = new(0, 1);
     private readonly CancellationTokenSource _stop = new();
@@ -27,8 +28,9 @@ internal sealed class LogMerger
     private volatile Exception? _stuck;
 
     public LogMerger(WriteLog log, WriteAdmission admission, CheckpointPipeline pipeline, DamageLog damage,
-        Func<LogTail, CancellationToken, ValueTask> writeTail, TimeSpan idleDelay, int batch, int parallelism)
+        Func<LogTail, CancellationToken, ValueTask> writeTail, TimeSpan idleDelay, int batch, int closingBatch, int parallelism)
     {
+        _closingBatch = Math.Max(1, closingBatch);
         _log = log;
         _admission = admission;
         _pipeline = pipeline;
@@ -81,9 +83,12 @@ internal sealed class LogMerger
         while (_log.PendingLblks > 0)
         {
             int before = _log.PendingLblks;
+            // The write-back scheduler has stopped: merge no more at once than the cache takes without holding writers
+            // back, after writing back what is dirty, so that no merge waits for a write-back nothing would start.
+            await _pipeline.CheckpointAsync(_pipeline.Started, cancellationToken).ConfigureAwait(false);
             try
             {
-                await MergeRoundAsync(_log.OldestLblks(_batch), cancellationToken).ConfigureAwait(false);
+                await MergeRoundAsync(_log.OldestLblks(_closingBatch), cancellationToken).ConfigureAwait(false);
             }
             catch (OutOfSpaceException)
             {
@@ -132,10 +137,13 @@ internal sealed class LogMerger
                 _stuck = e;
                 _log.WakeWaiters();
             }
-            catch (Exception)
+            catch (Exception e)
             {
+                // The pipeline's latch holds the cause of a failed checkpoint; anything else stops merging too, and writers
+                // waiting for room in the log must learn of it rather than wait for ever.
+                _stuck = _pipeline.Failed ?? _log.Failed ?? e;
                 _log.WakeWaiters();
-                return; // the pipeline's latch holds the cause; writes and flushes now report it
+                return;
             }
         }
     }

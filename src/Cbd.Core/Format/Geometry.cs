@@ -202,7 +202,7 @@ public sealed class Geometry
             throw new ArgumentException($"physical size {physicalBytes}: the format holds at most 2^48 pblks (1 EiB)");
         if (logPblks != 0 && logPblks < MinLogPblks(lblkSize))
             throw new ArgumentException($"log size {logPblks * Layout.PblkSize}: at least {MinLogPblks(lblkSize) * Layout.PblkSize} bytes (two records of a whole {lblkSize}-byte lblk)");
-        if (logPblks >= devicePblks)
+        if (logPblks != 0 && logPblks >= devicePblks)
             throw new ArgumentException($"log size {logPblks * Layout.PblkSize}: must leave room for the zones in a physical size of {physicalBytes}");
         // The zones fill what the log leaves; the lblk_alloc encoding still follows the whole device's size.
         ulong nrPblks = devicePblks - logPblks;

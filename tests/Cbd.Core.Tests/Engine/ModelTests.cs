@@ -187,7 +187,11 @@ public class ModelTests(ITestOutputHelper output)
             var stats = device.GetStats();
             var extents = await device.GetBlockStatusAsync(0, LogicalSize);
             long holes = extents.Where(e => e.IsHole && e.IsZero).Sum(e => e.Length);
-            Assert.Equal(LogicalSize - holes, stats.LblksUsed * LblkSize);
+            // lblks whose log records could not be merged for want of space hold data but no pblks (yet).
+            if (stats.LogPendingLblks == 0)
+                Assert.Equal(LogicalSize - holes, stats.LblksUsed * LblkSize);
+            else
+                Assert.InRange(LogicalSize - holes, stats.LblksUsed * LblkSize, (stats.LblksUsed + stats.LogPendingLblks) * LblkSize);
         }
         finally
         {

@@ -81,7 +81,10 @@ public class HeaderTests
         Assert.Equal(Header.Offsets.LblkPerZone, HeaderField.LblkPerZone.Offset);
         Assert.Equal(Header.Offsets.PblkUsed, HeaderField.PblkUsed.Offset);
         Assert.Equal(Header.Offsets.LblkUsed, HeaderField.LblkUsed.Offset);
-        Assert.Equal(0x38, Header.Offsets.ReservedEnd);
+        Assert.Equal(0x38, Header.Offsets.ReservedEnd10);
+        Assert.Equal((0x38, 0x40, 0x48, 0x50, 0x58, 0x5C), (Header.Offsets.LogPblks, Header.Offsets.LogId, Header.Offsets.LogTail,
+            Header.Offsets.LogSeq, Header.Offsets.LogEpoch, Header.Offsets.LogTailEpoch));
+        Assert.Equal(0x60, Header.Offsets.ReservedEnd);
         Assert.Equal(HeaderImage.ChecksumOffset, Header.Offsets.Checksum);
     }
 
@@ -90,7 +93,12 @@ public class HeaderTests
     {
         Assert.Equal(new byte[] { 0x43, 0x42, 0x44, 0x1A }, Header.Magic.ToArray());
         Assert.Equal(1, Header.CurrentVersionMajor);
-        Assert.Equal(0, Header.CurrentVersionMinor);
+        Assert.Equal(1, Header.CurrentVersionMinor);
+        Assert.Equal(0, Header.NoLogVersionMinor);
+        Assert.Equal(1, Header.LogVersionMinor);
+        Assert.Equal(0x4C444243u, LogRecord.Magic);
+        Assert.Equal(64, LogRecord.HeaderSize);
+        Assert.Equal((1, 2, 3), ((int)LogRecordKind.Data, (int)LogRecordKind.Zero, (int)LogRecordKind.Pad));
         Assert.Equal(1, (ushort)HeaderFlags.Dirty);
         Assert.Equal(2, (ushort)HeaderFlags.ZeroDetect);
         Assert.Equal(4, (ushort)HeaderFlags.LblkCrc);
