@@ -4,13 +4,22 @@ namespace Cbd.Core.Engine;
 /// Merges the write log's records into their lblks (docs/FORMAT.md, "The write log"): each merge loads an lblk with its
 /// pending records applied and marks it dirty (<see cref="WriteAdmission.MergeAsync"/>), so one compression covers every
 /// record it gathered; the checkpoint that writes it back retires the records, and the tail moves on. It merges the
-/// lblks whose records are oldest when the log is half full (or a writer waits for room), every lblk when no record
+/// lblks whose records are oldest when the log is three quarters full (or a writer waits for room), every lblk when no record
 /// was appended for the flush delay, and an lblk at once when it gathers <see cref="MaxRecordsPerLblk"/> records.
 /// </summary>
 internal sealed class LogMerger
 {
     /// <summary>Records an lblk gathers before it is merged whatever the log's fill: a load applies them all.</summary>
     public const int MaxRecordsPerLblk = 32;
+
+    /// <summary>
+    /// The fill from which the oldest lblks are merged: the fuller the log, the more records a merge finds on its lblk
+    /// (under uniform random writes, about the records the log holds over the lblks written), so the fewer compressions
+    /// per write; what is left is room for the writes that arrive while a round of merges runs.
+    /// </summary>
+    private const double MergeFrom = 0.75;
+
+    private bool IsFull => _log.Used >= _log.Bytes * MergeFrom;
 
     private readonly WriteLog _log;
     private readonly WriteAdmission _admission;
@@ -53,11 +62,11 @@ internal sealed class LogMerger
             await _loop.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
     }
 
-    /// <summary>After an append: kicks a merge when the log is half full or the lblk has gathered enough records.</summary>
+    /// <summary>After an append: kicks a merge when the log is full enough or the lblk has gathered enough records.</summary>
     public void Appended(ulong lblk)
     {
         Interlocked.Exchange(ref _lastAppend, Environment.TickCount64);
-        if (_log.Used * 2 >= _log.Bytes || _log.PendingCount(lblk) >= MaxRecordsPerLblk)
+        if (IsFull || _log.PendingCount(lblk) >= MaxRecordsPerLblk)
             Kick();
     }
 
@@ -123,8 +132,8 @@ internal sealed class LogMerger
                 bool moved = (long)_log.DurableTail.Seq != tailBefore;
                 if (moved || _log.PendingLblks == 0)
                     _stuck = null;
-                // More to do at once while the log stays half full.
-                if (_log.Used * 2 >= _log.Bytes)
+                // More to do at once while the log stays that full.
+                if (IsFull)
                     Kick();
             }
             catch (OperationCanceledException) when (token.IsCancellationRequested)
@@ -148,12 +157,12 @@ internal sealed class LogMerger
         }
     }
 
-    /// <summary>What to merge now: the oldest lblks when the log is half full, lblks with many records, everything when idle.</summary>
+    /// <summary>What to merge now: the oldest lblks when the log is full enough, lblks with many records, everything when idle.</summary>
     private List<ulong> Choose()
     {
         if (_log.PendingLblks == 0)
             return [];
-        if (_log.Used * 2 >= _log.Bytes)
+        if (IsFull)
             return _log.OldestLblks(_batch);
         bool idle = Environment.TickCount64 - Interlocked.Read(ref _lastAppend) >= (long)_idleDelay.TotalMilliseconds;
         if (idle)
