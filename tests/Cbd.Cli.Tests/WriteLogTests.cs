@@ -199,7 +199,8 @@ public class WriteLogTests
             await (before.Header with { LogTail = 4096, LogSeq = 77 }).WriteAsync(store);
         }
 
-        foreach (string size in new[] { "48M", "24M" })
+        // Growing by less than the log's size moves it over part of where it was.
+        foreach (string size in new[] { "48M", "24M", "+1M" })
         {
             await CbdTool.RunAsync(0, "resize", image, "--size", size);
             var g = ImageFile.ReadGeometry(image);
@@ -209,7 +210,7 @@ public class WriteLogTests
             var log = (await JsonAsync(0, "check", image, "--data")).GetProperty("log");
             Assert.Equal(g.ZonesEnd, log.GetProperty("first_pblk").GetUInt64());
             Assert.Equal(0, log.GetProperty("records").GetInt64());
-            string exported = scratch.File($"back-{size}.raw");
+            string exported = scratch.File($"back-{g.NrPblks}.raw");
             await CbdTool.RunAsync(0, "export", image, exported);
             Assert.Equal(bytes, File.ReadAllBytes(exported));
         }
