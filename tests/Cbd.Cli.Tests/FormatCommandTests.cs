@@ -14,17 +14,18 @@ public class FormatCommandTests
 
         Assert.Equal(1L << 30, new FileInfo(image).Length);
         Assert.True(await ImageFile.AllocatedBytesAsync(image) < 8L << 20, "a new image should be sparse: header and metadata only");
-        // docs/FORMAT.md's worked example: 1 GiB with defaults.
+        // docs/FORMAT.md's worked example: 1 GiB with defaults, a 128 MiB log set aside first.
         string output = result.StandardOutput;
-        Assert.Contains("8 zones of 6144 lblks", output);
-        Assert.Contains("110 lbat pblks", output);
+        Assert.Contains("7 zones of 7022 lblks", output);
+        Assert.Contains("126 lbat pblks", output);
         Assert.Contains("lblk_alloc_16_32", output);
         Assert.Contains("70-byte entries", output);
-        Assert.Contains("889 pblks, 0.339 %", output);
+        Assert.Contains("890 pblks, 0.34 %", output);
         Assert.Contains("3 GiB", output);
 
         var g = ImageFile.ReadGeometry(image);
-        Assert.Equal(8u, g.NrZones);
+        Assert.Equal(7u, g.NrZones);
+        Assert.Equal(32768UL, g.LogPblks);
         Assert.Equal(3L << 30, g.LogicalBytes);
     }
 

@@ -32,7 +32,11 @@ public class InfoCommandTests
         Assert.Equal(g.LbatPblks, geometry.GetProperty("lbat_pblks_per_zone").GetUInt64());
         Assert.Equal(g.TotalDataPblks, geometry.GetProperty("data_pblks").GetUInt64());
         Assert.Equal(1 + g.NrZones * (1 + g.LbatPblks), geometry.GetProperty("metadata_pblks").GetUInt64());
-        Assert.Equal(g.NrPblks, geometry.GetProperty("data_pblks").GetUInt64() + geometry.GetProperty("metadata_pblks").GetUInt64());
+        // The rest of the device is the write log, the last pblks (the zones end exactly at it at this size).
+        var log = root.GetProperty("log");
+        Assert.Equal(g.LogPblks, log.GetProperty("pblks").GetUInt64());
+        Assert.Equal(g.NrPblks, geometry.GetProperty("data_pblks").GetUInt64() + geometry.GetProperty("metadata_pblks").GetUInt64() +
+            log.GetProperty("pblks").GetUInt64());
 
         var usage = root.GetProperty("usage");
         Assert.Equal("header", usage.GetProperty("source").GetString());

@@ -159,6 +159,7 @@ public static class CheckCommand
         PblksUsed = report.PblksUsed,
         PblksTotal = report.PblksTotal,
         ZonePblksUsed = report.ZonePblksUsed,
+        Log = report.Log,
     };
 
     private static CheckProblem Transient(CheckProblem p) =>
@@ -207,8 +208,14 @@ public static class CheckCommand
             check.PblksUsed,
             check.PblksTotal,
             problems,
-            repair is null ? null : new RepairJson(repair.Repaired, repair.Wrote, repair.CannotRepairReason, repair.LostLblks, repair.Actions));
+            repair is null ? null : new RepairJson(repair.Repaired, repair.Wrote, repair.CannotRepairReason, repair.LostLblks, RepairActions(repair, check.Log)),
+            Log: LogText.ToJson(check.Log));
     }
+
+    /// <summary>What repair did, and that it left the log's records alone: replay at open applies them over the lblks as repair leaves them.</summary>
+    private static IReadOnlyList<string> RepairActions(RepairReport repair, LogSummary? log) => log is { Records: > 0 }
+        ? [.. repair.Actions, $"left the write log as it is: its {log.Records} records for {log.Lblks} lblks are replayed into them at the next open"]
+        : repair.Actions;
 
     private static void PrintText(CheckJson report, CheckReport check, bool quiet)
     {
@@ -244,6 +251,10 @@ public static class CheckCommand
             string now = report.Repair is { Repaired: true } ? " now" : "";
             fields.Add($"lblks used{now}", report.LblksUsed.ToString());
             fields.Add($"pblks used{now}", $"{report.PblksUsed} of {report.PblksTotal}");
+        }
+        if (report.Log is { } log)
+        {
+            fields.Add("write log", LogText.Contents(log));
         }
         fields.Add("problems", $"{report.Errors} errors, {report.Notes} notes");
         if (report.Repair is { } repair)

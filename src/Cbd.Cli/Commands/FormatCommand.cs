@@ -32,7 +32,8 @@ public static class FormatCommand
             "deflate is another name for zlib: lblks are stored as zlib streams (RFC 1950, deflate with a header and checksum).");
         var logSize = CliOptions.Size("--log-size",
             "Size of the write log at the end of the image, where writes smaller than an lblk go first and are merged into their lblks later. " +
-            "Default: an eighth of the physical size, at most 1 GiB; 0 for none (an image of format version 1.0, which every cbd opens).");
+            "Default: an eighth of the physical size, at most 1 GiB; 0 for none (an image of format version 1.0, which every cbd opens).",
+            validate: bytes => bytes < 0 ? "must not be negative" : null);
         var noZeroDetect = new Option<bool>("--no-zero-detect") { Description = "Store all-zero lblks like any others instead of leaving them unallocated." };
         var noChecksums = new Option<bool>("--no-checksums")
         {

@@ -19,7 +19,7 @@ public static class ImportCommand
         var raw = new Argument<string>("RAW") { Description = "The raw disk image to read: a file, a block device, or - for stdin." };
         var image = CliOptions.Image(
             "The cbd image to write. When it does not exist it is created, sized to RAW (as qemu-img convert does): its logical size is RAW's " +
-            "size and its physical size holds all of RAW even if nothing compresses (a sparse file). An existing image's logical size must hold RAW.");
+            "size, its physical size holds all of RAW even if nothing compresses besides the default write log (a sparse file). An existing image's logical size must hold RAW.");
         var quiet = CliOptions.Quiet("and no summary");
         var command = new Command("import",
             "Copy a raw disk image into a cbd image: afterwards the device reads as RAW followed by zeros. " +
@@ -143,8 +143,7 @@ public static class ImportCommand
             throw new CliException($"{rawPath}: {size} bytes, not a whole number of 4 KiB, the smallest lblk: a cbd image's logical size is whole lblks. " +
                 $"Pad RAW to a multiple of 4 KiB (truncate -s %4K {rawPath}), or make the image with cbd format and import into it (it then reads as RAW followed by zeros)");
         }
-        var options = new FormatOptions { LogicalSize = size, LblkSize = lblk };
-        long physical = PhysicalFor(size, options);
+        var (physical, options) = PhysicalFor(size, new FormatOptions { LogicalSize = size, LblkSize = lblk });
         await FormatCommand.CreateAsync(path, physical, options, cancellationToken).ConfigureAwait(false);
         if (!quiet)
         {
@@ -153,19 +152,24 @@ public static class ImportCommand
         }
     }
 
-    /// <summary>The least physical size whose data pblks hold every lblk of <paramref name="logical"/> bytes uncompressed, and two more.</summary>
-    private static long PhysicalFor(long logical, FormatOptions options)
+    /// <summary>
+    /// The least physical size whose data pblks hold every lblk of <paramref name="logical"/> bytes uncompressed, and two more,
+    /// besides the default write log of that size; and the options with that log.
+    /// </summary>
+    private static (long Physical, FormatOptions Options) PhysicalFor(long logical, FormatOptions options)
     {
         ulong need = (ulong)(logical / Layout.PblkSize) + 2UL * (ulong)(options.LblkSize / Layout.PblkSize);
         long physical = (long)need * Layout.PblkSize;
-        // The metadata grows with the device (the pblk width may too), so settle on a size that holds it beside the data.
-        for (int round = 0; round < 8; round++)
+        // The metadata and the log grow with the device (the pblk width may too), so settle on a size that holds them beside
+        // the data. Each round's shortfall is at most an eighth of the one before (the log's share), so few rounds do.
+        for (int round = 0; round < 16; round++)
         {
-            var header = FormatCommand.Plan("", physical, options);
+            var withLog = FormatCommand.WithLog(options, physical, null);
+            var header = FormatCommand.Plan("", physical, withLog);
             var geometry = Geometry.FromHeader(header, physical);
             if (geometry.TotalDataPblks >= need)
             {
-                return physical;
+                return (physical, withLog);
             }
             physical += (long)(need - geometry.TotalDataPblks) * Layout.PblkSize;
         }

@@ -35,17 +35,19 @@ public static class InfoCommand
         await using var store = ImageFiles.OpenForReading(path, out bool inUse);
         await ImageFiles.ReadGeometryAsync(store, path, cancellationToken).ConfigureAwait(false);
         UsageReport usage;
+        LogSummary? log;
         try
         {
             usage = await Terminal.WithProgressAsync(quiet, $"reading {Path.GetFileName(path)}", store.Length,
                 progress => DeviceUsage.ReadAsync(store, progress, cancellationToken)).ConfigureAwait(false);
+            log = await LogSummary.ReadAsync(store, usage.Geometry, cancellationToken).ConfigureAwait(false);
         }
         catch (InvalidDataException e) when (inUse)
         {
             // The writer changed the header (a close, a resize) between two reads: nothing here is wrong with the image.
             throw new CliException($"{path}: changed while it was read (it is in use by another process): {e.Message}; run cbd info again");
         }
-        var info = ToJson(path, store.Length, usage) with { InUse = inUse, StoreAllocatedBytes = store.AllocatedBytes };
+        var info = ToJson(path, store.Length, usage) with { InUse = inUse, StoreAllocatedBytes = store.AllocatedBytes, Log = LogText.ToJson(log) };
         if (json)
         {
             CliJsonContext.Print(info, CliJsonContext.Default.InfoJson);
@@ -109,6 +111,17 @@ public static class InfoCommand
             ? $"{SizeParser.FormatApproximate(allocated)} of the file's {SizeParser.FormatApproximate(info.StoreBytes)} (what it takes on its filesystem)"
             : "n/a (a block device: every byte is its own)");
         fields.Add("compression ratio", $"{u.CompressionRatio:0.000} (logical bytes in use / bytes stored)");
+        if (info.Log is { } log)
+        {
+            fields.Add("write log", LogText.Size(log));
+            fields.Add("log in use", LogText.Contents(log) + (log.Records == 0 ? "" : info.InUse
+                ? " (the server merges them into their lblks)"
+                : h.Dirty ? " (the next open replays them)" : " (left by a close that lacked the space to merge them; merged when next served)"));
+        }
+        else
+        {
+            fields.Add("write log", LogText.None);
+        }
         if (u.ScanErrors > 0 && info.InUse)
         {
             fields.Add("not counted", $"{u.ScanErrors} entries that were changing while read (normal on an image in use; cbd check tells lasting damage apart)");

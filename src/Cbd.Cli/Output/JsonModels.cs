@@ -16,7 +16,24 @@ public sealed record InfoJson(
     UsageJson Usage,
     IReadOnlyList<ZoneJson> Zones,
     bool InUse = false,
-    long? StoreAllocatedBytes = null);
+    long? StoreAllocatedBytes = null,
+    LogJson? Log = null);
+
+/// <summary>The write log as one scan from its tail finds it; null for an image without one (format version 1.0).</summary>
+public sealed record LogJson(
+    long Bytes,
+    ulong Pblks,
+    ulong FirstPblk,
+    ulong Tail,
+    ulong Seq,
+    uint Epoch,
+    long Records,
+    long Lblks,
+    long UsedBytes,
+    double UsedPercent,
+    long EndOffset,
+    ulong EndSeq,
+    string EndReason);
 
 public sealed record HeaderJson(
     int VersionMajor,
@@ -82,7 +99,8 @@ public sealed record CheckJson(
     IReadOnlyList<ProblemJson> Problems,
     RepairJson? Repair,
     bool InUse = false,
-    long TransientProblems = 0);
+    long TransientProblems = 0,
+    LogJson? Log = null);
 
 public sealed record ProblemJson(string Kind, string Severity, ulong? Lblk, uint? Zone, ulong? Pblk, string Message);
 

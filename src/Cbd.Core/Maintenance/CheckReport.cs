@@ -67,6 +67,12 @@ public enum CheckProblemKind
 
     /// <summary>The dirty flag is set: pbats and stats are untrusted and are rebuilt at next open (not an error).</summary>
     ImageDirty,
+
+    /// <summary>
+    /// The write log holds records (not an error): the next open replays them, or, on a clean image, a close that lacked
+    /// the space to merge them left them there.
+    /// </summary>
+    LogRecords,
 }
 
 public enum CheckSeverity
@@ -133,6 +139,9 @@ public sealed class CheckReport
 
     /// <summary>Data pblks the device can allocate.</summary>
     public long PblksTotal { get; init; }
+
+    /// <summary>What the write log holds from its tail; null without a log (format version 1.0) or a geometry.</summary>
+    public LogSummary? Log { get; init; }
 
     /// <summary>Used data pblks per zone, from the lbats.</summary>
     public IReadOnlyList<int> ZonePblksUsed { get; init; } = [];

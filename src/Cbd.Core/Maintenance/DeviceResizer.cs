@@ -21,6 +21,8 @@ public sealed class ResizeReport
 /// and, with it or alone, its logical size.
 /// </summary>
 /// <remarks>
+/// <para>A write log stays the last log_pblks pblks, so it moves with the end; only an empty one (a clean image whose
+/// scan finds no record) is moved: the new header puts its tail at offset 0, its seq kept.</para>
 /// <para>Zones never move. A zone's place depends on the lbat size, which depends on lblk_per_zone and
 /// on the lblk_alloc entry size, which depends on how many bits number a pblk (16 up to 65536 pblks,
 /// 32 up to 2^32, 48 above). So lblk_per_zone is kept, and a resize that would change the pblk width is
@@ -36,7 +38,7 @@ public sealed class ResizeReport
 /// and made durable, so the pbats are rebuilt from the lbats by the next open until the end; new zones'
 /// pbats and lbats are zeroed, fsync; moved data is written, fsync, and only then the entries that point
 /// at it, fsync (until then the old entries still find the old, untouched copies); the pbats of the new
-/// geometry, fsync; then the new header, clean, fsync; and last a file is truncated.</para>
+/// geometry, fsync; the new log's pblks are zeroed; then the new header, clean, fsync; and last a file is truncated.</para>
 /// </remarks>
 public static class DeviceResizer
 {
@@ -53,6 +55,7 @@ public static class DeviceResizer
         var (header, old) = await StoreIo.ReadHeaderAsync(store, cancellationToken).ConfigureAwait(false);
         if (!store.CanWrite)
             throw new MaintenanceRefusedException("the backing store is open read-only");
+        await RefuseLogRecordsAsync(store, header, old, cancellationToken).ConfigureAwait(false);
         var geometry = await PlanAsync(store, header, old, newPhysicalBytes, newLogicalBytes, cancellationToken).ConfigureAwait(false);
         long newLength = (long)geometry.NrPblks * Layout.PblkSize;
 
@@ -121,6 +124,13 @@ public static class DeviceResizer
         if (moves.Count > 0)
             actions.Add($"moved {moves.Count} lblks ({need} pblks) out of the part of the store being removed");
 
+        if (geometry.Header.HasLog)
+        {
+            // The log moves to the new end: nothing but zeros may be there for the scan from the new tail to find.
+            await store.ZeroRangeAsync(geometry.LogStartByte, geometry.LogBytes, cancellationToken).ConfigureAwait(false);
+            actions.Add($"moved the write log ({geometry.LogPblks} pblks) to pblks {geometry.ZonesEnd}..{geometry.NrPblks - 1}");
+        }
+
         byte[] disk = new byte[PbatLayout.Bytes];
         byte[] mine = new byte[PbatLayout.Bytes];
         for (uint zone = 0; zone < geometry.NrZones; zone++)
@@ -174,12 +184,15 @@ public static class DeviceResizer
                 "Format a new image of that size and copy the data over (cbd export, then cbd import)");
         }
         ulong metadata = 1 + old.LbatPblks;
-        // A zone needs its pbat, its lbat and at least one data pblk before the end of the device.
-        ulong zones = Geometry.MaxZones(nrPblks, old.LbatPblks);
+        // The log keeps its size and stays the last pblks of the device: the zones end where it starts.
+        ulong zonesEnd = nrPblks - Math.Min(old.LogPblks, nrPblks);
+        // A zone needs its pbat, its lbat and at least one data pblk before the end of the zones.
+        ulong zones = Geometry.MaxZones(zonesEnd, old.LbatPblks);
         if (zones == 0)
         {
             throw new MaintenanceRefusedException(
-                $"physical size {Human(newPhysicalBytes)}: too small for the header and one zone of {metadata} metadata pblks ({Human((long)metadata * Layout.PblkSize)})");
+                $"physical size {Human(newPhysicalBytes)}: too small for the header and one zone of {metadata} metadata pblks ({Human((long)metadata * Layout.PblkSize)})" +
+                (old.LogPblks > 0 ? $" besides the write log's {Human(old.LogBytes)}" : ""));
         }
         if (zones > uint.MaxValue)
             throw new MaintenanceRefusedException($"physical size {newPhysicalBytes}: {zones} zones exceed the u32 nr_zones field");
@@ -201,6 +214,8 @@ public static class DeviceResizer
             NrLogicalSectors = nrLblks * (ulong)old.LblkSize / Layout.SectorSize,
             NrZones = (uint)zones,
             Flags = header.Flags & ~HeaderFlags.Dirty,
+            // The log is empty (RefuseLogRecordsAsync): at its new place it starts over at offset 0, its seq going on.
+            LogTail = 0,
         };
         try
         {
@@ -209,6 +224,25 @@ public static class DeviceResizer
         catch (InvalidDataException e)
         {
             throw new MaintenanceRefusedException($"physical size {newPhysicalBytes}: {e.Message}");
+        }
+    }
+
+    /// <summary>
+    /// Refuses an image whose write log may hold records: the log moves with the end of the device, and records pending
+    /// on their lblks would be left behind. A clean image whose scan finds no record has nothing pending.
+    /// </summary>
+    private static async ValueTask RefuseLogRecordsAsync(IBackingStore store, Header header, Geometry geometry, CancellationToken cancellationToken)
+    {
+        if (!header.HasLog)
+            return;
+        const string Merge = "serve the image (cbd serve) and stop it, so that its records are merged into their lblks and the log is left empty, then resize";
+        if (header.Flags.HasFlag(HeaderFlags.Dirty))
+            throw new MaintenanceRefusedException($"the image was not closed clean, and the records of its write log are replayed only when it is next opened; {Merge}");
+        var log = await LogSummary.ReadAsync(store, geometry, cancellationToken).ConfigureAwait(false);
+        if (log is { IsEmpty: false })
+        {
+            throw new MaintenanceRefusedException(
+                $"the write log holds {log.Records} records for {log.Lblks} lblks, and it moves with the end of the device; {Merge}");
         }
     }
 

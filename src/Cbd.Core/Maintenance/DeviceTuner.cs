@@ -110,6 +110,13 @@ public static class DeviceTuner
                 $"logical size {DeviceResizer.Human(logicalBytes)}: {summary.Allocated} lblks past the new end hold data ({DeviceResizer.Human(summary.Allocated * lblkSize)} " +
                 $"of logical space, the first lblk {summary.FirstAllocated} at byte {summary.FirstAllocated * (ulong)lblkSize}); trim them first");
         }
+        if (nrLblks < current && await LogSummary.ReadAsync(store, geometry, cancellationToken).ConfigureAwait(false) is { Records: > 0 } log)
+        {
+            // A record of an lblk past the end would end every scan there, losing the records after it.
+            throw new MaintenanceRefusedException(
+                $"logical size {DeviceResizer.Human(logicalBytes)}: the write log holds {log.Records} records for {log.Lblks} lblks, which a smaller logical size " +
+                "may cut off; serve the image (cbd serve) and stop it, so that they are merged into their lblks, then shrink it");
+        }
         if (summary.NotZero > 0)
         {
             throw new MaintenanceRefusedException(

@@ -94,6 +94,9 @@ internal sealed class ImageScan
     /// <summary>Zones whose pbat or lbat lies past the end of a truncated store: their entries are gone.</summary>
     public List<uint> ZonesCut { get; } = [];
 
+    /// <summary>What the write log holds; null without one.</summary>
+    public LogSummary? Log { get; private set; }
+
     public IReadOnlyList<CheckProblem> Problems => _problems;
     public long ProblemsOmitted => _omitted;
 
@@ -118,6 +121,7 @@ internal sealed class ImageScan
         PblksUsed = Geometry is null ? 0 : PblksUsed,
         PblksTotal = Geometry is null ? 0 : (long)Geometry.TotalDataPblks,
         ZonePblksUsed = [.. Claims.Select(p => p.DataPblks - p.Free)],
+        Log = Log,
     };
 
     private void Report(CheckProblemKind kind, string message, ulong? lblk = null, uint? zone = null, ulong? pblk = null,
@@ -203,6 +207,25 @@ internal sealed class ImageScan
         }
         await ComparePbatsAsync(cancellationToken).ConfigureAwait(false);
         CompareStats();
+        await ScanLogAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Reports what the write log holds, as information: records are what the next open replays, and the scan's end (a
+    /// torn append after a crash included) is where any reader stops too, so nothing there is damage.
+    /// </summary>
+    private async Task ScanLogAsync(CancellationToken cancellationToken)
+    {
+        var g = Geometry!;
+        Log = await LogSummary.ReadAsync(_store, g, cancellationToken).ConfigureAwait(false);
+        if (Log is not { Records: > 0 } log)
+            return;
+        string held = $"the write log holds {log.Records} records for {log.Lblks} lblks ({log.End.Bytes} bytes from tail {log.Tail}, seq {log.Seq}; " +
+            $"the scan ended at offset {log.End.Position}: {LogSummary.DescribeEnd(log.End.Stop)})";
+        Report(CheckProblemKind.LogRecords, IsClean
+            ? $"{held}; a close that lacked the space to merge them left them, and they are merged into their lblks when the image is next served"
+            : $"{held}; the next open replays them into their lblks",
+            pblk: g.ZonesEnd, severity: CheckSeverity.Info);
     }
 
     private async Task ScanEntriesAsync(bool firstPass, HashSet<ulong> contested, IProgress<double>? progress, CancellationToken cancellationToken)
@@ -367,6 +390,8 @@ internal sealed class ImageScan
     {
         if (pblk == 0)
             return "the header";
+        if (pblk >= g.ZonesEnd)
+            return $"in the write log (pblks {g.ZonesEnd}..{g.NrPblks - 1})";
         ulong zone = (pblk - 1) / g.ZoneStride;
         ulong offset = pblk - 1 - zone * g.ZoneStride;
         if (zone >= g.NrZones)
