@@ -214,8 +214,9 @@ public static class DeviceResizer
             NrLogicalSectors = nrLblks * (ulong)old.LblkSize / Layout.SectorSize,
             NrZones = (uint)zones,
             Flags = header.Flags & ~HeaderFlags.Dirty,
-            // The log is empty (RefuseLogRecordsAsync): at its new place it starts over at offset 0, its seq going on.
+            // The log is empty (RefuseLogRecordsAsync): at its new place (zeroed) it starts over at offset 0, its seq going on.
             LogTail = 0,
+            LogTailEpoch = header.LogEpoch,
         };
         try
         {
