@@ -70,8 +70,16 @@ internal sealed class LogMerger
             Kick();
     }
 
-    /// <summary>A writer waits for room in the log.</summary>
-    public void Kick()
+    /// <summary>A writer waits for room in the log: the oldest lblks are merged however full the log is.</summary>
+    public void WantRoom()
+    {
+        Volatile.Write(ref _roomWanted, 1);
+        Kick();
+    }
+
+    private int _roomWanted;
+
+    private void Kick()
     {
         try
         {
@@ -162,7 +170,7 @@ internal sealed class LogMerger
     {
         if (_log.PendingLblks == 0)
             return [];
-        if (IsFull)
+        if (Interlocked.Exchange(ref _roomWanted, 0) == 1 || IsFull)
             return _log.OldestLblks(_batch);
         bool idle = Environment.TickCount64 - Interlocked.Read(ref _lastAppend) >= (long)_idleDelay.TotalMilliseconds;
         if (idle)
