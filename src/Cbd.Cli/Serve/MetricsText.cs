@@ -50,6 +50,9 @@ public static class MetricsText
         Counter(text, "cbd_cache_hits_total", "lblk accesses served from the cache.", engine.CacheHits);
         Counter(text, "cbd_cache_misses_total", "lblk accesses that looked up the lbat and, for an allocated lblk, read and decompressed it.", engine.CacheMisses);
         Gauge(text, "cbd_dirty_lblks", "lblks in the cache whose newest data is not yet written back.", stats.DirtyLblks);
+        Gauge(text, "cbd_log_bytes", "Bytes of the image's write log (0 without one).", stats.LogBytes);
+        Gauge(text, "cbd_log_used_bytes", "Bytes of the write log from its tail to its head: records not yet merged, or merged and not yet passed by the tail.", stats.LogUsedBytes);
+        Gauge(text, "cbd_log_pending_lblks", "lblks with write log records not yet merged into them.", stats.LogPendingLblks);
         Family(text, "cbd_checkpoint_duration_seconds", "histogram", "Checkpoints committed (write-back of the dirty lblks, made durable), from start to commit.");
         Histogram(text, "cbd_checkpoint_duration_seconds", "", engine.Checkpoints.Snapshot());
 
