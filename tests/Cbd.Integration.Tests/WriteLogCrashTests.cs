@@ -32,7 +32,8 @@ public sealed class WriteLogCrashTests(ITestOutputHelper output)
             string socket = scratch.File($"nbd{round}.sock");
             if (round > 0)
             {
-                await AssertSameAcrossCleanRestartAsync(image, socket, scratch, round);
+                await WriteLogImage.AssertReadsSameAcrossCleanRestartAsync(image, socket, scratch, $"round {round}");
+                output.WriteLine($"round {round}: the recovered device reads the same after a clean close and reopen");
             }
             await using CbdServer server = round == 0
                 ? await CbdServer.CreateAsync(image, socket, "256M")
@@ -101,51 +102,6 @@ public sealed class WriteLogCrashTests(ITestOutputHelper output)
 
         WriteLogState closed = await WriteLogImage.ReadAsync(image);
         Assert.True(closed is { Records: 0, Dirty: false }, $"after the last clean stop: {closed}");
-    }
-
-    /// <summary>
-    /// A server recovers the image and a copy of the whole device is taken; a clean stop, a new server, a second
-    /// copy: a clean close and reopen must not change what the device reads.
-    /// </summary>
-    private async Task AssertSameAcrossCleanRestartAsync(string image, string socket, ScratchDirectory scratch, int round)
-    {
-        string recovered = scratch.File("recovered.raw");
-        string reopened = scratch.File("reopened.raw");
-        await using (CbdServer server = await CbdServer.StartAsync(image, socket))
-        {
-            await ExternalTool.RunAsync("nbdcopy", [server.Uri, recovered], TimeSpan.FromSeconds(120));
-            await server.StopAsync();
-        }
-        await using (CbdServer server = await CbdServer.StartAsync(image, socket))
-        {
-            await ExternalTool.RunAsync("nbdcopy", [server.Uri, reopened], TimeSpan.FromSeconds(120));
-            await server.StopAsync();
-        }
-        long differs = FirstDifference(recovered, reopened);
-        Assert.True(differs < 0, $"round {round}: byte {differs} (lblk {differs / 65536}) reads differently after a clean close of the recovered image and a reopen");
-        output.WriteLine($"round {round}: the recovered device reads the same after a clean close and reopen");
-        File.Delete(recovered);
-        File.Delete(reopened);
-    }
-
-    private static long FirstDifference(string a, string b)
-    {
-        using FileStream first = File.OpenRead(a);
-        using FileStream second = File.OpenRead(b);
-        Assert.Equal(first.Length, second.Length);
-        byte[] x = new byte[1 << 20];
-        byte[] y = new byte[1 << 20];
-        for (long offset = 0; offset < first.Length; offset += x.Length)
-        {
-            first.ReadExactly(x);
-            second.ReadExactly(y);
-            int mismatch = x.AsSpan().CommonPrefixLength(y);
-            if (mismatch < x.Length)
-            {
-                return offset + mismatch;
-            }
-        }
-        return -1;
     }
 
     private static void AssertSynced(string mountPoint, SortedDictionary<string, string> synced, int round)
