@@ -6,7 +6,9 @@ namespace Cbd.Core.Tests.Engine;
 
 /// <summary>
 /// Concurrent writers and readers over disjoint and shared ranges, with flushes and a small cache
-/// forcing eviction and write-back under pressure; every read is checked against a model.
+/// forcing eviction and write-back under pressure; every read is checked against a model. With a write log
+/// of the least size allowed, the partial writes go through the log, which wraps and merges all the time,
+/// and the shared lblks also take partial writes, so whole-lblk writes meet pending records.
 /// </summary>
 public class ConcurrencyStressTests
 {
@@ -16,11 +18,21 @@ public class ConcurrencyStressTests
     private const int SharedFirst = Owners * OwnedLblks;
     private const int SharedLblks = 6;
 
-    [Fact]
-    public async Task Concurrent_writers_and_readers_match_the_model()
+    // The stamp's unit: a shared lblk is whole when each of its chunks is one whole version.
+    private const int Chunk = 4096;
+    private const int ChunksPerLblk = LblkSize / Chunk;
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task Concurrent_writers_and_readers_match_the_model(bool withLog)
     {
-        var store = await DeviceTestKit.FormatAsync(16 << 20, new FormatOptions { LblkSize = LblkSize });
+        long logSize = withLog ? (long)Geometry.MinLogPblks(LblkSize) * Layout.PblkSize : 0;
+        var store = await DeviceTestKit.FormatAsync(16 << 20, new FormatOptions { LblkSize = LblkSize, LogSize = logSize });
+        var geometry = await Geometry.ReadAsync(store);
+        Assert.Equal(logSize, geometry.LogBytes);
         var options = new DeviceOptions { CacheBytes = 12 * LblkSize, FlushDelay = TimeSpan.FromMilliseconds(20), WriteBackParallelism = 2 };
+        long logUsedSeen = 0;
         var owned = new byte[Owners][];
         var sharedFinal = new byte[SharedLblks][];
         await using (var device = await DeviceTestKit.OpenAsync(store, options))
@@ -37,10 +49,10 @@ public class ConcurrencyStressTests
             for (int w = 0; w < 2; w++)
             {
                 int seed = w;
-                tasks.Add(Task.Run(() => SharedWriterAsync(device, versions, seed, 200)));
+                tasks.Add(Task.Run(() => SharedWriterAsync(device, versions, seed, 200, partial: withLog)));
             }
             var writers = Task.WhenAll(tasks);
-            var readers = Enumerable.Range(0, 2).Select(r => Task.Run(() => SharedReaderAsync(device, writers, r))).ToList();
+            var readers = Enumerable.Range(0, 2).Select(r => Task.Run(() => SharedReaderAsync(device, writers, r, whole: !withLog))).ToList();
             var flusher = Task.Run(async () =>
             {
                 while (!writers.IsCompleted)
@@ -48,6 +60,7 @@ public class ConcurrencyStressTests
                     await device.FlushAsync();
                     // Under way: the entries that requests or write-back hold are skipped, the rest must hold.
                     device.Cache.CheckInvariants();
+                    logUsedSeen = Math.Max(logUsedSeen, device.GetStats().LogUsedBytes);
                     await Task.Delay(5);
                 }
             });
@@ -56,11 +69,16 @@ public class ConcurrencyStressTests
             {
                 sharedFinal[i] = new byte[LblkSize];
                 await device.ReadAsync((long)(SharedFirst + i) * LblkSize, sharedFinal[i]);
-                CheckStamped(sharedFinal[i], SharedFirst + i);
+                CheckStamped(sharedFinal[i], SharedFirst + i, whole: !withLog);
             }
             await device.FlushAsync();
             Assert.True(device.Cache.CheckInvariants() > 0, "no cache entry was checked");
+            if (withLog)
+                Assert.True(logUsedSeen > 0, "the log never held a record: the test did not exercise it");
         }
+        // A clean close merges every record and moves the tail to the head.
+        var end = await LogReader.ScanAsync(store, await Geometry.ReadAsync(store), onRecord: null);
+        Assert.True(end.Records == 0, $"the log holds {end.Records} records after a clean close");
         await using (var device = await DeviceTestKit.OpenAsync(store, options))
         {
             Assert.False(device.Recovered);
@@ -108,23 +126,40 @@ public class ConcurrencyStressTests
         }
     }
 
-    private static async Task SharedWriterAsync(CompressedDevice device, long[] versions, int seed, int operations)
+    /// <summary>
+    /// Whole lblks (two in one request at times), and with <paramref name="partial"/> also runs of chunks within one
+    /// lblk, which go to the log: each chunk a request writes carries that request's version.
+    /// </summary>
+    private static async Task SharedWriterAsync(CompressedDevice device, long[] versions, int seed, int operations, bool partial)
     {
         var random = new Random(100 + seed);
         for (int n = 0; n < operations; n++)
         {
             int i = random.Next(SharedLblks);
             long version = Interlocked.Increment(ref versions[i]);
+            if (partial && random.Next(2) == 0)
+            {
+                int first = random.Next(ChunksPerLblk);
+                int chunks = random.Next(1, ChunksPerLblk - first + (first == 0 ? 0 : 1));
+                var part = new byte[chunks * Chunk];
+                for (int c = 0; c < chunks; c++)
+                    Stamp(part.AsSpan(c * Chunk, Chunk), SharedFirst + i, first + c, version * 10 + seed);
+                await device.WriteAsync((long)(SharedFirst + i) * LblkSize + first * Chunk, part);
+                continue;
+            }
             // Two lblks in one request too: each lblk must still be one whole version.
             int count = i + 1 < SharedLblks && random.Next(3) == 0 ? 2 : 1;
             var data = new byte[count * LblkSize];
             for (int k = 0; k < count; k++)
-                Stamp(data.AsSpan(k * LblkSize, LblkSize), SharedFirst + i + k, version * 10 + seed);
+            {
+                for (int c = 0; c < ChunksPerLblk; c++)
+                    Stamp(data.AsSpan(k * LblkSize + c * Chunk, Chunk), SharedFirst + i + k, c, version * 10 + seed);
+            }
             await device.WriteAsync((long)(SharedFirst + i) * LblkSize, data);
         }
     }
 
-    private static async Task SharedReaderAsync(CompressedDevice device, Task writers, int seed)
+    private static async Task SharedReaderAsync(CompressedDevice device, Task writers, int seed, bool whole)
     {
         var random = new Random(200 + seed);
         var back = new byte[LblkSize];
@@ -132,28 +167,41 @@ public class ConcurrencyStressTests
         {
             int i = random.Next(SharedLblks);
             await device.ReadAsync((long)(SharedFirst + i) * LblkSize, back);
-            CheckStamped(back, SharedFirst + i);
+            CheckStamped(back, SharedFirst + i, whole);
         }
     }
 
-    private static void Stamp(Span<byte> lblk, int number, long version)
+    private static void Stamp(Span<byte> chunk, int number, int index, long version)
     {
-        var random = new Random(HashCode.Combine(number, version));
-        random.NextBytes(lblk[16..]);
+        var random = new Random(HashCode.Combine(number, index, version));
+        random.NextBytes(chunk[24..]);
         // Compressible tail so both stored forms occur.
-        lblk[(LblkSize / 2)..].Fill((byte)version);
-        BinaryPrimitives.WriteInt64LittleEndian(lblk, number);
-        BinaryPrimitives.WriteInt64LittleEndian(lblk[8..], version);
+        chunk[(Chunk / 2)..].Fill((byte)version);
+        BinaryPrimitives.WriteInt64LittleEndian(chunk, number);
+        BinaryPrimitives.WriteInt64LittleEndian(chunk[8..], index);
+        BinaryPrimitives.WriteInt64LittleEndian(chunk[16..], version);
     }
 
-    private static void CheckStamped(byte[] lblk, int number)
+    /// <summary>
+    /// Every chunk is one whole version of itself, or zero if never written; with <paramref name="whole"/> (only whole
+    /// lblks were written) every chunk carries the same version too.
+    /// </summary>
+    private static void CheckStamped(byte[] lblk, int number, bool whole)
     {
-        long version = BinaryPrimitives.ReadInt64LittleEndian(lblk.AsSpan(8));
-        if (version == 0 && !lblk.AsSpan().ContainsAnyExcept((byte)0))
-            return; // never written
-        Assert.Equal(number, BinaryPrimitives.ReadInt64LittleEndian(lblk));
-        var expected = new byte[LblkSize];
-        Stamp(expected, number, version);
-        Assert.True(lblk.AsSpan().SequenceEqual(expected), $"lblk {number} is not one whole version (torn or stale mix)");
+        var expected = new byte[Chunk];
+        long first = BinaryPrimitives.ReadInt64LittleEndian(lblk.AsSpan(16));
+        for (int c = 0; c < ChunksPerLblk; c++)
+        {
+            var chunk = lblk.AsSpan(c * Chunk, Chunk);
+            long version = BinaryPrimitives.ReadInt64LittleEndian(chunk[16..]);
+            if (whole)
+                Assert.True(version == first, $"lblk {number}: chunk {c} has version {version}, chunk 0 {first} (torn or stale mix)");
+            if (version == 0 && !chunk.ContainsAnyExcept((byte)0))
+                continue; // never written
+            Assert.Equal(number, BinaryPrimitives.ReadInt64LittleEndian(chunk));
+            Assert.Equal(c, BinaryPrimitives.ReadInt64LittleEndian(chunk[8..]));
+            Stamp(expected, number, c, version);
+            Assert.True(chunk.SequenceEqual(expected), $"lblk {number}: chunk {c} is not one whole version (torn or stale mix)");
+        }
     }
 }
