@@ -21,6 +21,9 @@ internal sealed class LogMerger
 
     private bool IsFull => _log.Used >= _log.Bytes * MergeFrom;
 
+    /// <summary>No record appended for the idle delay (the flush delay).</summary>
+    private bool IsIdle => Environment.TickCount64 - Interlocked.Read(ref _lastAppend) >= (long)_idleDelay.TotalMilliseconds;
+
     private readonly WriteLog _log;
     private readonly WriteAdmission _admission;
     private readonly CheckpointPipeline _pipeline;
@@ -140,8 +143,9 @@ internal sealed class LogMerger
                 bool moved = (long)_log.DurableTail.Seq != tailBefore;
                 if (moved || _log.PendingLblks == 0)
                     _stuck = null;
-                // More to do at once while the log stays that full.
-                if (IsFull)
+                // More to do at once while the log stays that full, or while writes have stopped: reads meanwhile find their
+                // lblks merged the sooner, rather than applying records round after round.
+                if (IsFull || (_log.PendingLblks > 0 && IsIdle))
                     Kick();
             }
             catch (OperationCanceledException) when (token.IsCancellationRequested)
@@ -172,8 +176,7 @@ internal sealed class LogMerger
             return [];
         if (Interlocked.Exchange(ref _roomWanted, 0) == 1 || IsFull)
             return _log.OldestLblks(_batch);
-        bool idle = Environment.TickCount64 - Interlocked.Read(ref _lastAppend) >= (long)_idleDelay.TotalMilliseconds;
-        if (idle)
+        if (IsIdle)
             return _log.OldestLblks(_batch);
         return _log.LblksWithRecords(MaxRecordsPerLblk, _batch);
     }
