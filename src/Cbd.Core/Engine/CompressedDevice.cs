@@ -65,7 +65,7 @@ public sealed partial class CompressedDevice : IBlockDevice
             log, WriteLogTailAsync);
         _scheduler = new WriteBackScheduler(_cache, _pipeline, options.FlushDelay);
         _admission = new WriteAdmission(geometry, _cache, _io, alloc, _space, _used, _pipeline, _scheduler, log,
-            () => _merger?.WantRoom(), lblk => _merger?.Appended(lblk), () => _pipeline.Failed ?? _merger?.Stuck);
+            () => _merger?.WantRoom(), pending => _merger?.Appended(pending), () => _pipeline.Failed ?? _merger?.Stuck);
         if (log is not null && !options.ReadOnly)
             _merger = new LogMerger(log, _admission, _pipeline, damage, WriteLogTailAsync, options.FlushDelay, _cache.WriteBackThreshold,
                 _cache.ThrottleThreshold - 1, parallelism);

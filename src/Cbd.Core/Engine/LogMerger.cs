@@ -65,11 +65,11 @@ internal sealed class LogMerger
             await _loop.ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
     }
 
-    /// <summary>After an append: kicks a merge when the log is full enough or the lblk has gathered enough records.</summary>
-    public void Appended(ulong lblk)
+    /// <summary>After an append that left <paramref name="pending"/> records on its lblk: kicks a merge when the log is full enough or the lblk has gathered enough.</summary>
+    public void Appended(int pending)
     {
         Interlocked.Exchange(ref _lastAppend, Environment.TickCount64);
-        if (IsFull || _log.PendingCount(lblk) >= MaxRecordsPerLblk)
+        if (pending >= MaxRecordsPerLblk || IsFull)
             Kick();
     }
 

@@ -38,11 +38,11 @@ internal sealed class WriteAdmission
     private readonly Codec _recordCodec;
     private readonly byte[] _zeroLblk;
     private readonly Action _makeLogRoom;
-    private readonly Action<ulong> _appended;
+    private readonly Action<int> _appended;
     private readonly Func<Exception?> _logBlocked;
 
     public WriteAdmission(Geometry geometry, LblkCache cache, LblkIo io, Allocator alloc, SpacePromise space, UsedCounts used,
-        CheckpointPipeline pipeline, WriteBackScheduler scheduler, WriteLog? log, Action makeLogRoom, Action<ulong> appended, Func<Exception?> logBlocked)
+        CheckpointPipeline pipeline, WriteBackScheduler scheduler, WriteLog? log, Action makeLogRoom, Action<int> appended, Func<Exception?> logBlocked)
     {
         _log = log;
         _makeLogRoom = makeLogRoom;
@@ -124,14 +124,14 @@ internal sealed class WriteAdmission
                     int held = reservation;
                     reservation = 0;
                     var appended = await log.AppendAsync(record, header, held, cancellationToken).ConfigureAwait(false);
-                    log.AddPending(appended);
+                    int pending = log.AddPending(appended);
                     if (entry.Loaded)
                     {
                         if (!_io.ApplyRecord(entry, appended.Header, record))
                             throw new InvalidOperationException($"lblk {lblk}: log record {appended.Seq} just written does not decode");
                         entry.LogApplied = appended.Seq + 1;
                     }
-                    _appended(lblk);
+                    _appended(pending);
                     return true;
                 }
                 finally

@@ -19,8 +19,8 @@ internal readonly record struct PendingRecord(ulong Seq, long Position, LogRecor
 /// </summary>
 /// <remarks>
 /// <para>
-/// Sequence numbers: records are numbered in log order. <see cref="CompletedBefore"/> is the first seq whose write
-/// (or an earlier one's) has not completed; a checkpoint that writes back an lblk with records applied waits for
+/// Sequence numbers: records are numbered in log order, and the log knows the first seq whose write (or an earlier
+/// one's) has not completed; a checkpoint that writes back an lblk with records applied waits for
 /// it to pass them before its data fsync (step 3), so a durable entry never includes a record the log could lose
 /// and replay then cut short. A flush waits for it too.
 /// </para>
@@ -59,7 +59,6 @@ internal sealed class WriteLog
     private long _durableTail;
     private ulong _durableTailSeq;
     private uint _durableTailEpoch;
-    private long _pendingBytes;
     private TaskCompletionSource _room = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private volatile Exception? _failed;
     private readonly SemaphoreSlim _tailWrite = new(1, 1);
@@ -95,16 +94,6 @@ internal sealed class WriteLog
         }
     }
 
-    /// <summary>The head: where the next record goes, and its seq.</summary>
-    public (long Position, ulong Seq) Head
-    {
-        get
-        {
-            lock (_lock)
-                return (_head, _nextSeq);
-        }
-    }
-
     public ulong NextSeq
     {
         get
@@ -121,16 +110,6 @@ internal sealed class WriteLog
         {
             lock (_lock)
                 return _used;
-        }
-    }
-
-    /// <summary>Bytes the records not yet merged take (a measure of the merging still to do).</summary>
-    public long PendingBytes
-    {
-        get
-        {
-            lock (_lock)
-                return _pendingBytes;
         }
     }
 
@@ -182,12 +161,8 @@ internal sealed class WriteLog
             log._used = end.Bytes;
             log.AdvanceMemoryTail();
         }
-        log.Replayed = end;
         return log;
     }
-
-    /// <summary>Where the scan at open stopped, and why.</summary>
-    public LogEnd Replayed { get; private set; }
 
     private void AddReplayed(LogRecordHeader header, long position)
     {
@@ -198,7 +173,7 @@ internal sealed class WriteLog
             if (header.Kind == LogRecordKind.Pad)
                 _retired.Add(header.Seq);
             else
-                AddPending(new PendingRecord(header.Seq, position, header));
+                _ = AddPending(new PendingRecord(header.Seq, position, header));
         }
     }
 
@@ -309,8 +284,8 @@ internal sealed class WriteLog
         return new PendingRecord(seq, position, header);
     }
 
-    /// <summary>Makes a record pending on its lblk: applied over the lblk's stored form until a checkpoint merges it.</summary>
-    public void AddPending(PendingRecord record)
+    /// <summary>Makes a record pending on its lblk: applied over the lblk's stored form until a checkpoint merges it. Returns how many the lblk now has.</summary>
+    public int AddPending(PendingRecord record)
     {
         lock (_lock)
         {
@@ -321,7 +296,7 @@ internal sealed class WriteLog
             // ring (replay applies them before it) and are retired with it.
             list.Add(record);
             _lastSeq[lblk] = record.Seq;
-            _pendingBytes += record.Header.Bytes;
+            return list.Count;
         }
     }
 
@@ -335,16 +310,6 @@ internal sealed class WriteLog
                 _completionWaiters[i].Done.TrySetResult();
                 _completionWaiters.RemoveAt(i);
             }
-        }
-    }
-
-    /// <summary>The first seq not known to be written: every record before it is.</summary>
-    public ulong CompletedBefore
-    {
-        get
-        {
-            lock (_lock)
-                return _completedBefore;
         }
     }
 
@@ -377,13 +342,6 @@ internal sealed class WriteLog
             _durableBefore = Math.Max(_durableBefore, end);
     }
 
-    /// <summary>Notes that an fsync started after every record below <paramref name="before"/> was written.</summary>
-    public void MarkDurable(ulong before)
-    {
-        lock (_lock)
-            _durableBefore = Math.Max(_durableBefore, before);
-    }
-
     // ---- the pending records of an lblk ----
 
     /// <summary>True while the lblk has records that a replay could apply: older than nothing the header's tail has passed.</summary>
@@ -412,13 +370,6 @@ internal sealed class WriteLog
         }
     }
 
-    /// <summary>How many records the lblk has pending.</summary>
-    public int PendingCount(ulong lblk)
-    {
-        lock (_lock)
-            return _pending.TryGetValue(lblk, out var list) ? list.Count : 0;
-    }
-
     /// <summary>The seq after the lblk's last pending record: an lblk loaded now has every record before it applied.</summary>
     public ulong AppliedBefore(ulong lblk)
     {
@@ -440,7 +391,6 @@ internal sealed class WriteLog
             while (count < list.Count && list[count].Seq < before)
             {
                 merged.Add(list[count].Seq);
-                _pendingBytes -= list[count].Header.Bytes;
                 count++;
             }
             list.RemoveRange(0, count);
@@ -452,23 +402,14 @@ internal sealed class WriteLog
     /// <summary>The lblks whose records are oldest, up to <paramref name="max"/> lblks, for the merger: merging them moves the tail.</summary>
     public List<ulong> OldestLblks(int max)
     {
-        var lblks = new List<ulong>();
-        var seen = new HashSet<ulong>();
+        var order = new List<(ulong Seq, ulong Lblk)>();
         lock (_lock)
         {
-            var order = new List<(ulong Seq, ulong Lblk)>(_pending.Count);
             foreach (var (lblk, list) in _pending)
                 order.Add((list[0].Seq, lblk));
-            order.Sort();
-            foreach (var (_, lblk) in order)
-            {
-                if (lblks.Count >= max)
-                    break;
-                if (seen.Add(lblk))
-                    lblks.Add(lblk);
-            }
         }
-        return lblks;
+        order.Sort();
+        return order.Take(max).Select(o => o.Lblk).ToList();
     }
 
     /// <summary>lblks with at least <paramref name="min"/> pending records, up to <paramref name="max"/> of them.</summary>
@@ -578,16 +519,6 @@ internal sealed class WriteLog
         {
             foreach (ulong lblk in dead)
                 _lastSeq.Remove(lblk);
-        }
-    }
-
-    /// <summary>True when every record is retired and the header's tail has reached the head: the log is empty on disk.</summary>
-    public bool IsEmpty
-    {
-        get
-        {
-            lock (_lock)
-                return _pending.Count == 0 && _durableTailSeq == _nextSeq;
         }
     }
 
