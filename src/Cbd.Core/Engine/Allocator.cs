@@ -148,6 +148,31 @@ internal sealed class Allocator
         }
     }
 
+    /// <summary>Those of <paramref name="pblks"/> that are free now, each once, in order.</summary>
+    public async ValueTask<List<ulong>> KeepFreeAsync(List<ulong> pblks, CancellationToken cancellationToken)
+    {
+        pblks.Sort();
+        var free = new List<ulong>();
+        await _pbatLock.WaitAsync(cancellationToken).ConfigureAwait(false);
+        try
+        {
+            for (int i = 0; i < pblks.Count; i++)
+            {
+                ulong pblk = pblks[i];
+                if ((i > 0 && pblks[i - 1] == pblk) || _neverFree.Contains(pblk) || !_geometry.TryLocateDataPblk(pblk, out uint zone, out int bit))
+                    continue;
+                var pbat = await GetPbatAsync(zone, cancellationToken).ConfigureAwait(false);
+                if (!pbat.IsSet(bit))
+                    free.Add(pblk);
+            }
+        }
+        finally
+        {
+            _pbatLock.Release();
+        }
+        return free;
+    }
+
     /// <summary>Returns pblks to the free space. Call only once nothing durable refers to them.</summary>
     public async ValueTask FreeAsync(IReadOnlyList<ulong> pblks, CancellationToken cancellationToken)
     {

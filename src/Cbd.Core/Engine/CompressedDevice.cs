@@ -63,7 +63,7 @@ public sealed partial class CompressedDevice : IBlockDevice
         var releaser = new PblkReleaser(alloc, store, options, damage.Log, (long)geometry.TotalDataPblks);
         _pipeline = new CheckpointPipeline(store, _lbat, alloc, releaser, _cache, _io, _used, _recovery, damage, parallelism, options.Fault, Counters,
             log, WriteLogTailAsync);
-        _scheduler = new WriteBackScheduler(_cache, _pipeline, options.FlushDelay);
+        _scheduler = new WriteBackScheduler(_cache, _pipeline, options.FlushDelay, () => log is null || log.PendingLblks == 0);
         _admission = new WriteAdmission(geometry, _cache, _io, alloc, _space, _used, _pipeline, _scheduler, log,
             () => _merger?.WantRoom(), pending => _merger?.Appended(pending), () => _pipeline.Failed ?? _merger?.Stuck);
         if (log is not null && !options.ReadOnly)

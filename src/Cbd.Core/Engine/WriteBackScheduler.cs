@@ -4,9 +4,11 @@ namespace Cbd.Core.Engine;
 /// Decides when a checkpoint starts: on a timer once an lblk has been dirty for the flush delay, under memory
 /// pressure once the dirty lblks reach the cache's write-back threshold (<see cref="Kick"/>, from the writers'
 /// throttle), and on a flush. The checkpoint itself is <see cref="CheckpointPipeline"/>'s. When a tick finds nothing
-/// dirty, it has the freed pblks released to the backing store (<see cref="PblkReleaser"/>).
+/// dirty and nothing waiting in the write log (<paramref name="logMerged"/>), it has the freed pblks released to the
+/// backing store (<see cref="PblkReleaser"/>): small writes that go to the log leave the cache clean while they flow,
+/// so a clean cache alone does not mean the device is idle.
 /// </summary>
-internal sealed class WriteBackScheduler(LblkCache cache, CheckpointPipeline pipeline, TimeSpan flushDelay)
+internal sealed class WriteBackScheduler(LblkCache cache, CheckpointPipeline pipeline, TimeSpan flushDelay, Func<bool> logMerged)
 {
     private readonly LblkCache _cache = cache;
     private readonly CheckpointPipeline _pipeline = pipeline;
@@ -50,7 +52,7 @@ internal sealed class WriteBackScheduler(LblkCache cache, CheckpointPipeline pip
             if (!due)
             {
                 // Idle: nothing waits for write-back, so freed pblks go back to the backing store now.
-                if (_cache.DirtyCount == 0)
+                if (_cache.DirtyCount == 0 && logMerged())
                 {
                     try
                     {

@@ -100,6 +100,53 @@ public class PblkReleaseTests
         Assert.True(memory.AllocatedBytes < before / 4, $"{memory.AllocatedBytes} bytes still allocated of {before}");
     }
 
+    /// <summary>
+    /// A round while writes flow (enough pblks noted) punches the long runs of free pblks in one call each and leaves
+    /// the scattered ones, which would cost a call each, to the idle round; pblks taken again meanwhile are never punched.
+    /// </summary>
+    [Fact]
+    public async Task A_round_under_load_punches_long_runs_and_leaves_scattered_pblks_to_the_idle_round()
+    {
+        var memory = await DeviceTestKit.FormatAsync(64 << 20, new FormatOptions { LblkSize = LblkSize, LogicalSize = 256 * LblkSize });
+        var store = new GatedStore(memory);
+        var geometry = await Geometry.ReadAsync(store);
+        var allocator = new Allocator(geometry, store, 0, _ => { });
+        var releaser = new PblkReleaser(allocator, store, new DeviceOptions(), _ => { }, 16384);
+        var pblks = new ulong[8192];
+        Assert.True(allocator.TryReserve(pblks.Length));
+        await allocator.AllocateAsync(0, pblks, pblks.Length, CancellationToken.None);
+
+        // Every other pblk of the first 8000 (scattered), and the last 192 in one run: 4,192 noted, past the round's 4,096.
+        var scattered = pblks[..8000].Where((_, i) => i % 2 == 0).ToList();
+        var run = pblks[8000..].ToList();
+        await releaser.ReleaseAsync(scattered, CancellationToken.None);
+        Assert.Equal(0, store.Punches);
+        await releaser.ReleaseAsync(run, CancellationToken.None);
+        Assert.Equal(1, store.Punches);
+        Assert.Equal(run.Count * Layout.PblkSize, store.PunchedBytes);
+
+        // One scattered pblk is handed out again before the device goes idle: the idle round punches all the others.
+        var again = new ulong[1];
+        Assert.True(allocator.TryReserve(1));
+        await allocator.AllocateAsync(0, again, 1, CancellationToken.None);
+        Assert.Contains(again[0], scattered);
+        await releaser.ReleaseNotedAsync();
+        Assert.Equal(1 + scattered.Count - 1, store.Punches);
+        Assert.Equal((run.Count + scattered.Count - 1) * Layout.PblkSize, store.PunchedBytes);
+    }
+
+    [Theory]
+    [InlineData(new ulong[] { 1, 2, 3, 3, 4, 9, 20, 21 }, 3, new ulong[] { 1, 2, 3, 4 }, new ulong[] { 9, 20, 21 })]
+    [InlineData(new ulong[] { 5, 5, 5 }, 2, new ulong[0], new ulong[] { 5 })]
+    [InlineData(new ulong[] { 7, 8 }, 1, new ulong[] { 7, 8 }, new ulong[0])]
+    public void Runs_are_split_by_length_counting_each_pblk_once(ulong[] pblks, int minRun, ulong[] longRuns, ulong[] rest)
+    {
+        var (l, r) = (new List<ulong>(), new List<ulong>());
+        PblkReleaser.SplitRuns(pblks, minRun, l, r);
+        Assert.Equal(longRuns, l);
+        Assert.Equal(rest, r);
+    }
+
     [Fact]
     public async Task Discard_ignore_punches_nothing()
     {
