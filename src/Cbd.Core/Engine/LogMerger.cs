@@ -7,6 +7,11 @@ namespace Cbd.Core.Engine;
 /// lblks whose records are oldest when the log is three quarters full (or a writer waits for room), every lblk when no record
 /// was appended for the flush delay, and an lblk at once when it gathers <see cref="MaxRecordsPerLblk"/> records.
 /// </summary>
+/// <remarks>
+/// Rounds overlap: a round's checkpoint is started, and its publication and commit go on while the next round loads
+/// other lblks (an lblk merged and not yet published is left out, <see cref="_merging"/>). Waiting for each round's
+/// commit left the CPU idle through two fsyncs a round while writers waited for room in the log.
+/// </remarks>
 internal sealed class LogMerger
 {
     /// <summary>Records an lblk gathers before it is merged whatever the log's fill: a load applies them all.</summary>
@@ -37,6 +42,13 @@ internal sealed class LogMerger
     private readonly CancellationTokenSource _stop = new();
     private Task? _loop;
     private long _lastAppend = Environment.TickCount64;
+
+    /// <summary>
+    /// lblks merged by a round whose checkpoint has not published them yet, with the seq of the oldest record each had
+    /// then: while that record is still pending, merging the lblk again would only write the same contents twice.
+    /// Used by the loop alone.
+    /// </summary>
+    private readonly Dictionary<ulong, ulong> _merging = [];
     private volatile Exception? _stuck;
 
     public LogMerger(WriteLog log, WriteAdmission admission, CheckpointPipeline pipeline, DamageLog damage,
@@ -108,7 +120,7 @@ internal sealed class LogMerger
             await _pipeline.CheckpointAsync(_pipeline.Started, cancellationToken).ConfigureAwait(false);
             try
             {
-                await MergeRoundAsync(_log.OldestLblks(_closingBatch), cancellationToken).ConfigureAwait(false);
+                await MergeRoundAsync(_log.OldestLblks(_closingBatch), record: false, cancellationToken).ConfigureAwait(false);
             }
             catch (OutOfSpaceException)
             {
@@ -134,15 +146,21 @@ internal sealed class LogMerger
                 await _kick.WaitAsync(tick, token).ConfigureAwait(false);
                 if (_pipeline.Failed is not null || _log.Failed is not null)
                     return;
-                var lblks = Choose();
+                var (lblks, oldest) = Choose();
                 if (lblks.Count == 0)
+                {
+                    // Every lblk left to merge waits for its publication: wait for it, rather than for the next tick.
+                    if (oldest && _merging.Count > 0)
+                    {
+                        await _pipeline.CheckpointAsync(_pipeline.Started, token).ConfigureAwait(false);
+                        Kick();
+                    }
                     continue;
-                long tailBefore = (long)_log.DurableTail.Seq;
-                await MergeRoundAsync(lblks, token).ConfigureAwait(false);
-                await _pipeline.CheckpointAsync(_pipeline.Started, token).ConfigureAwait(false);
-                bool moved = (long)_log.DurableTail.Seq != tailBefore;
-                if (moved || _log.PendingLblks == 0)
-                    _stuck = null;
+                }
+                await MergeRoundAsync(lblks, record: true, token).ConfigureAwait(false);
+                _stuck = null;
+                // The round's lblks are written back now; their publication and commit, which move the tail, go on behind.
+                await _pipeline.CheckpointAsync(_pipeline.Started, token, waitForCommit: false).ConfigureAwait(false);
                 // More to do at once while the log stays that full, or while writes have stopped: reads meanwhile find their
                 // lblks merged the sooner, rather than applying records round after round.
                 if (IsFull || (_log.PendingLblks > 0 && IsIdle))
@@ -169,29 +187,41 @@ internal sealed class LogMerger
         }
     }
 
-    /// <summary>What to merge now: the oldest lblks when the log is full enough, lblks with many records, everything when idle.</summary>
-    private List<ulong> Choose()
+    /// <summary>
+    /// What to merge now: the oldest lblks when the log is full enough, a writer waits for room or writes have stopped
+    /// (then <c>Oldest</c>), else lblks with many records.
+    /// </summary>
+    private (List<(ulong Lblk, ulong Seq)> Lblks, bool Oldest) Choose()
     {
+        // Published since they were merged: their oldest record then is no longer pending.
+        foreach (var (lblk, seq) in _merging)
+        {
+            if (_log.OldestPending(lblk) != seq)
+                _merging.Remove(lblk);
+        }
         if (_log.PendingLblks == 0)
-            return [];
-        if (Interlocked.Exchange(ref _roomWanted, 0) == 1 || IsFull)
-            return _log.OldestLblks(_batch);
-        if (IsIdle)
-            return _log.OldestLblks(_batch);
-        return _log.LblksWithRecords(MaxRecordsPerLblk, _batch);
+            return ([], false);
+        if (Interlocked.Exchange(ref _roomWanted, 0) == 1 || IsFull || IsIdle)
+            return (_log.OldestLblks(_batch, _merging), true);
+        return (_log.LblksWithRecords(MaxRecordsPerLblk, _batch, _merging), false);
     }
 
-    private async Task MergeRoundAsync(List<ulong> lblks, CancellationToken cancellationToken)
+    /// <summary>Merges <paramref name="lblks"/>; with <paramref name="record"/>, notes each merged in <see cref="_merging"/>.</summary>
+    private async Task MergeRoundAsync(List<(ulong Lblk, ulong Seq)> lblks, bool record, CancellationToken cancellationToken)
     {
         int merged = 0;
         OutOfSpaceException? full = null;
+        var done = new System.Collections.Concurrent.ConcurrentQueue<(ulong, ulong)>();
         await Parallel.ForEachAsync(lblks, new ParallelOptions { MaxDegreeOfParallelism = _parallelism, CancellationToken = cancellationToken },
-            async (lblk, token) =>
+            async (pick, token) =>
             {
+                ulong lblk = pick.Lblk;
                 try
                 {
                     await _admission.MergeAsync(lblk, token).ConfigureAwait(false);
                     Interlocked.Increment(ref merged);
+                    if (record)
+                        done.Enqueue(pick);
                 }
                 catch (LblkCorruptException)
                 {
@@ -204,6 +234,8 @@ internal sealed class LogMerger
                     full = e;
                 }
             }).ConfigureAwait(false);
+        foreach (var (lblk, seq) in done)
+            _merging[lblk] = seq;
         if (merged == 0 && full is not null)
             throw full;
     }

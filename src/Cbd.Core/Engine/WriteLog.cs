@@ -399,34 +399,48 @@ internal sealed class WriteLog
         }
     }
 
-    /// <summary>The lblks whose records are oldest, up to <paramref name="max"/> lblks, for the merger: merging them moves the tail.</summary>
-    public List<ulong> OldestLblks(int max)
+    /// <summary>
+    /// The lblks whose records are oldest, up to <paramref name="max"/> lblks, with the seq of each one's oldest pending
+    /// record, for the merger: merging them moves the tail. An lblk whose oldest pending record is the one
+    /// <paramref name="merging"/> gives for it is left out: a merge of it waits for its checkpoint's publication.
+    /// </summary>
+    public List<(ulong Lblk, ulong Seq)> OldestLblks(int max, IReadOnlyDictionary<ulong, ulong>? merging = null)
     {
         var order = new List<(ulong Seq, ulong Lblk)>();
         lock (_lock)
         {
             foreach (var (lblk, list) in _pending)
-                order.Add((list[0].Seq, lblk));
+            {
+                if (merging is null || !merging.TryGetValue(lblk, out ulong seq) || seq != list[0].Seq)
+                    order.Add((list[0].Seq, lblk));
+            }
         }
         order.Sort();
-        return order.Take(max).Select(o => o.Lblk).ToList();
+        return order.Take(max).Select(o => (o.Lblk, o.Seq)).ToList();
     }
 
-    /// <summary>lblks with at least <paramref name="min"/> pending records, up to <paramref name="max"/> of them.</summary>
-    public List<ulong> LblksWithRecords(int min, int max)
+    /// <summary>lblks with at least <paramref name="min"/> pending records, up to <paramref name="max"/> of them, left out as by <see cref="OldestLblks"/>.</summary>
+    public List<(ulong Lblk, ulong Seq)> LblksWithRecords(int min, int max, IReadOnlyDictionary<ulong, ulong>? merging = null)
     {
-        var lblks = new List<ulong>();
+        var lblks = new List<(ulong, ulong)>();
         lock (_lock)
         {
             foreach (var (lblk, list) in _pending)
             {
                 if (lblks.Count >= max)
                     break;
-                if (list.Count >= min)
-                    lblks.Add(lblk);
+                if (list.Count >= min && (merging is null || !merging.TryGetValue(lblk, out ulong seq) || seq != list[0].Seq))
+                    lblks.Add((lblk, list[0].Seq));
             }
         }
         return lblks;
+    }
+
+    /// <summary>The seq of the lblk's oldest pending record; null when it has none.</summary>
+    public ulong? OldestPending(ulong lblk)
+    {
+        lock (_lock)
+            return _pending.TryGetValue(lblk, out var list) ? list[0].Seq : null;
     }
 
     // ---- the tail ----
