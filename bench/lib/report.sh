@@ -184,6 +184,21 @@ write_space_section() {
   echo
   write_space_table
   echo
+  [[ ${#after_used_bytes[@]} -gt 0 ]] || return 0
+  echo "## Space after random writes"
+  echo
+  echo "After W3, one more fio random 4 KiB write job ($fio_runtime s, fio's random data, ending with a flush) on each"
+  echo "cbd server, left idle until its write log held no record: the data pblks its lbats name against the"
+  echo "floor of what its export then held (copied out and measured as the corpus was)."
+  echo
+  echo "| server | idle until merged, s | in pblks, MiB | floor, MiB | vs floor |"
+  echo "| --- | ---: | ---: | ---: | ---: |"
+  local s
+  for s in cbd cbd-zstd; do
+    [[ -n "${after_used_bytes[$s]:-}" ]] || continue
+    echo "| $s | ${idle_seconds[$s]} | $(mib "${after_used_bytes[$s]}") | $(mib "${after_floor_bytes[$s]}") | $(div "${after_used_bytes[$s]}" "${after_floor_bytes[$s]}")× |"
+  done
+  echo
 }
 
 write_w4_section() {
