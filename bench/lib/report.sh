@@ -4,17 +4,18 @@
 # measurements.tsv: server  workload  round  seconds  MB/s  IOPS   (IOPS "-" for the nbdcopy steps)
 
 # bench/run sets the workloads it runs.
-workloads=(w1 w2 randwrite randread seqwrite w4in w4out)
+workloads=(w1 w2 randwrite randread warmread seqwrite w4in w4out)
 declare -A workload_short=(
   [w1]="W1 copy in" [w2]="W2 copy out" [randwrite]="W3 rand write 4K"
-  [randread]="W3 rand read 4K" [seqwrite]="W3 seq write 1M"
+  [randread]="W3 rand read 4K" [warmread]="W3 rand read 4K, warm" [seqwrite]="W3 seq write 1M"
   [w4in]="W4 slow copy in" [w4out]="W4 slow copy out"
 )
 declare -A workload_title=(
   [w1]="\`nbdcopy --flush corpus.img EXPORT\` into the fresh export; MB/s is the corpus' logical bytes (zero runs included) over the time taken"
   [w2]="\`nbdcopy EXPORT out.img\`, then out.img's sha256 compared with the corpus' (not timed); MB/s as W1"
   [randwrite]="fio random write, 4 KiB blocks, iodepth 16, time-based, ending with a flush that fio counts in the time"
-  [randread]="fio random read, 4 KiB blocks, iodepth 16, time-based"
+  [randread]="fio random read, 4 KiB blocks, iodepth 16, time-based, the page cache dropped first"
+  [warmread]="the same with the page cache warm: the server's backing file read whole (\`cat\`) first"
   [seqwrite]="fio sequential write of the whole export, 1 MiB blocks, iodepth 16, \`buffer_compress_percentage=60\`, \`refill_buffers\`, ending with a flush"
   [w4in]="W1 into a fresh export whose backing file is on a slow disk of its own (see the W4 section)"
   [w4out]="W2 from that export, the page cache dropped first, so every byte the server reads crosses the throttle"
