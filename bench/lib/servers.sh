@@ -29,7 +29,7 @@ start_server() {
       rm -f "$image"
       format_cbd "$image" "$([[ $name == cbd ]] && echo lz4 || echo zstd)" >"$work/$tag-format.log" 2>&1 \
         || { cat "$work/$tag-format.log" >&2; die "formatting $image failed"; }
-      "$cbd" serve "$image" --socket "$socket" --pid-file "$pidfile" >"$log" 2>&1 &
+      "$cbd" serve "$image" --socket "$socket" --pid-file "$pidfile" ${cbd_serve_args[@]+"${cbd_serve_args[@]}"} >"$log" 2>&1 &
       server_backing[$name]="$image"
       ;;
     nbdkit-file)
