@@ -235,6 +235,7 @@ cbd_revision() {
   fi
   # scripts/build-cbd leaves cbd.dll beside the executable only for the JIT build.
   if [[ -f "$root/artifacts/cbd/cbd.dll" ]]; then rev+=", JIT build"; else rev+=", native build"; fi
+  [[ ${#cbd_format_args[@]} -eq 0 ]] || rev+=", formatted with \`${cbd_format_args[*]}\`"
   [[ ${#cbd_serve_args[@]} -eq 0 ]] || rev+=", served with \`${cbd_serve_args[*]}\`"
   echo "$rev"
 }

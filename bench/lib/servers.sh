@@ -13,7 +13,8 @@ declare -A server_pid=() server_backing=() server_uri=() server_hwm_kib=() serve
 # incompressible writes always fit.
 format_cbd() {
   local image="$1" compression="$2"
-  "$cbd" format "$image" --size "$export_size" --logical-size "$export_size" --compression "$compression"
+  "$cbd" format "$image" --size "$export_size" --logical-size "$export_size" --compression "$compression" \
+    ${cbd_format_args[@]+"${cbd_format_args[@]}"}
 }
 
 # start_server NAME [DIR [TAG]]: NAME serving a fresh export, its backing file in DIR (default:
