@@ -46,7 +46,7 @@ internal sealed class LogMerger
     /// <summary>
     /// lblks merged by a round whose checkpoint has not published them yet, with the seq of the oldest record each had
     /// then: while that record is still pending, merging the lblk again would only write the same contents twice.
-    /// Used by the loop alone.
+    /// Used by the loop alone, and by the close's merges after it stopped.
     /// </summary>
     private readonly Dictionary<ulong, ulong> _merging = [];
     private volatile Exception? _stuck;
@@ -120,7 +120,7 @@ internal sealed class LogMerger
             await _pipeline.CheckpointAsync(_pipeline.Started, cancellationToken).ConfigureAwait(false);
             try
             {
-                await MergeRoundAsync(_log.OldestLblks(_closingBatch), record: false, cancellationToken).ConfigureAwait(false);
+                await MergeRoundAsync(_log.OldestLblks(_closingBatch), cancellationToken).ConfigureAwait(false);
             }
             catch (OutOfSpaceException)
             {
@@ -157,7 +157,7 @@ internal sealed class LogMerger
                     }
                     continue;
                 }
-                await MergeRoundAsync(lblks, record: true, token).ConfigureAwait(false);
+                await MergeRoundAsync(lblks, token).ConfigureAwait(false);
                 _stuck = null;
                 // The round's lblks are written back now; their publication and commit, which move the tail, go on behind.
                 await _pipeline.CheckpointAsync(_pipeline.Started, token, waitForCommit: false).ConfigureAwait(false);
@@ -206,10 +206,9 @@ internal sealed class LogMerger
         return (_log.LblksWithRecords(MaxRecordsPerLblk, _batch, _merging), false);
     }
 
-    /// <summary>Merges <paramref name="lblks"/>; with <paramref name="record"/>, notes each merged in <see cref="_merging"/>.</summary>
-    private async Task MergeRoundAsync(List<(ulong Lblk, ulong Seq)> lblks, bool record, CancellationToken cancellationToken)
+    /// <summary>Merges <paramref name="lblks"/>, and notes each merged in <see cref="_merging"/>.</summary>
+    private async Task MergeRoundAsync(List<(ulong Lblk, ulong Seq)> lblks, CancellationToken cancellationToken)
     {
-        int merged = 0;
         OutOfSpaceException? full = null;
         var done = new System.Collections.Concurrent.ConcurrentQueue<(ulong, ulong)>();
         await Parallel.ForEachAsync(lblks, new ParallelOptions { MaxDegreeOfParallelism = _parallelism, CancellationToken = cancellationToken },
@@ -219,9 +218,7 @@ internal sealed class LogMerger
                 try
                 {
                     await _admission.MergeAsync(lblk, token).ConfigureAwait(false);
-                    Interlocked.Increment(ref merged);
-                    if (record)
-                        done.Enqueue(pick);
+                    done.Enqueue(pick);
                 }
                 catch (LblkCorruptException)
                 {
@@ -236,7 +233,7 @@ internal sealed class LogMerger
             }).ConfigureAwait(false);
         foreach (var (lblk, seq) in done)
             _merging[lblk] = seq;
-        if (merged == 0 && full is not null)
+        if (done.IsEmpty && full is not null)
             throw full;
     }
 

@@ -411,7 +411,7 @@ internal sealed class WriteLog
         {
             foreach (var (lblk, list) in _pending)
             {
-                if (merging is null || !merging.TryGetValue(lblk, out ulong seq) || seq != list[0].Seq)
+                if (!AwaitsPublication(merging, lblk, list))
                     order.Add((list[0].Seq, lblk));
             }
         }
@@ -429,12 +429,16 @@ internal sealed class WriteLog
             {
                 if (lblks.Count >= max)
                     break;
-                if (list.Count >= min && (merging is null || !merging.TryGetValue(lblk, out ulong seq) || seq != list[0].Seq))
+                if (list.Count >= min && !AwaitsPublication(merging, lblk, list))
                     lblks.Add((lblk, list[0].Seq));
             }
         }
         return lblks;
     }
+
+    /// <summary>True when <paramref name="merging"/> gives the lblk's oldest pending record: its merge is not published yet.</summary>
+    private static bool AwaitsPublication(IReadOnlyDictionary<ulong, ulong>? merging, ulong lblk, List<PendingRecord> list) =>
+        merging is not null && merging.TryGetValue(lblk, out ulong seq) && seq == list[0].Seq;
 
     /// <summary>The seq of the lblk's oldest pending record; null when it has none.</summary>
     public ulong? OldestPending(ulong lblk)
