@@ -56,6 +56,14 @@ public abstract class Codec
     /// </summary>
     public abstract bool TryDecompress(ReadOnlySpan<byte> source, Span<byte> destination);
 
+    /// <summary>
+    /// Decompresses at least the first <paramref name="prefix"/> bytes of what <paramref name="source"/> holds into
+    /// <paramref name="destination"/> (room for all of it); false when they do not decode. Codecs that cannot stop early
+    /// decode everything, and then also fail unless it is exactly <paramref name="destination"/>.Length bytes.
+    /// </summary>
+    public virtual bool TryDecompressPrefix(ReadOnlySpan<byte> source, Span<byte> destination, int prefix) =>
+        TryDecompress(source, destination);
+
     /// <summary>A codec for writing at <paramref name="level"/>.</summary>
     public static Codec Create(CompressionAlgorithm algorithm, int level)
     {
@@ -96,6 +104,9 @@ internal sealed class Lz4Codec(int level) : Codec
 
     public override bool TryDecompress(ReadOnlySpan<byte> source, Span<byte> destination) =>
         LZ4Codec.Decode(source, destination) == destination.Length;
+
+    public override bool TryDecompressPrefix(ReadOnlySpan<byte> source, Span<byte> destination, int prefix) =>
+        LZ4Codec.PartialDecode(source, destination[..prefix]) == prefix;
 }
 
 internal sealed class ZstdCodec(int level) : Codec

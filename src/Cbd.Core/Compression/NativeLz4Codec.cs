@@ -42,6 +42,15 @@ internal sealed unsafe class NativeLz4Codec(int level) : Codec
             return LZ4_decompress_safe(src, dst, source.Length, destination.Length) == destination.Length;
     }
 
+    public override bool TryDecompressPrefix(ReadOnlySpan<byte> source, Span<byte> destination, int prefix)
+    {
+        if (source.IsEmpty || (uint)prefix > (uint)destination.Length)
+            return false;
+        fixed (byte* src = source)
+        fixed (byte* dst = destination)
+            return LZ4_decompress_safe_partial(src, dst, source.Length, prefix, destination.Length) == prefix;
+    }
+
     [DllImport(Library)]
     private static extern int LZ4_compress_default(byte* source, byte* destination, int sourceSize, int destinationCapacity);
 
@@ -50,4 +59,7 @@ internal sealed unsafe class NativeLz4Codec(int level) : Codec
 
     [DllImport(Library)]
     private static extern int LZ4_decompress_safe(byte* source, byte* destination, int compressedSize, int destinationCapacity);
+
+    [DllImport(Library)]
+    private static extern int LZ4_decompress_safe_partial(byte* source, byte* destination, int compressedSize, int targetOutputSize, int destinationCapacity);
 }

@@ -38,6 +38,12 @@ internal sealed class CachedLblk(ulong lblk)
     /// </summary>
     public bool Unlogged;
 
+    /// <summary>
+    /// A read decoded part of the lblk without loading it (<see cref="LblkIo.TryReadUnloadedAsync"/>): the next read loads
+    /// it whole. Holds no data, so nothing here can go stale.
+    /// </summary>
+    public bool PrefixRead;
+
     public int Pins;
     public long LastUse;
 }

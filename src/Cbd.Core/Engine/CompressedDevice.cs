@@ -175,6 +175,8 @@ public sealed partial class CompressedDevice : IBlockDevice
             await entry.Lock.WaitAsync(cancellationToken).ConfigureAwait(false);
             try
             {
+                if (await _io.TryReadUnloadedAsync(entry, within, destination, cancellationToken).ConfigureAwait(false))
+                    return;
                 await _io.EnsureLoadedAsync(entry, cancellationToken).ConfigureAwait(false);
                 if (entry.IsZero)
                     destination.Span.Clear();

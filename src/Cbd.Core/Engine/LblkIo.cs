@@ -144,41 +144,79 @@ internal sealed class LblkIo
 
     /// <summary>Loads the lblk's stored form alone. Caller holds the entry's lock.</summary>
     private async ValueTask LoadStoredAsync(CachedLblk entry, CancellationToken cancellationToken)
-    {        // The entry's pblk numbers stay in a pooled array until the lblk is read: a cache miss allocates nothing.
+    {
+        byte[]? data = await DecodeStoredAsync(entry.Lblk, 0, cancellationToken).ConfigureAwait(false);
+        entry.Data = data;
+        entry.IsZero = data is null;
+        entry.Loaded = true;
+    }
+
+    /// <summary>
+    /// Serves a small read of an lblk that is not loaded without loading it: its stored form is decoded only up to the end
+    /// of the range (LZ4 stops there: a random 4 KiB read decodes half an lblk on average) and nothing is kept, as random
+    /// reads over a device larger than the cache seldom come back to an lblk. Only the first read of an entry does so
+    /// (<see cref="CachedLblk.PrefixRead"/>): a second loads it whole, so reads that walk through an lblk decode it about
+    /// once. False when the read must load the lblk instead: it is loaded, has log records, the range is larger than a
+    /// quarter of it or reaches its end, or the format keeps no crc (which alone would find a damaged end of the stored
+    /// form). Caller holds the entry's lock.
+    /// </summary>
+    public async ValueTask<bool> TryReadUnloadedAsync(CachedLblk entry, int within, Memory<byte> destination, CancellationToken cancellationToken)
+    {
+        int end = within + destination.Length;
+        if (entry.Loaded || entry.PrefixRead || destination.Length > _lblkSize / 4 || end >= _lblkSize || !_geometry.Alloc.WithCrc ||
+            (_log is not null && _log.HasPending(entry.Lblk)))
+            return false;
+        entry.PrefixRead = true;
+        _counters.CountLookup(hit: false);
+        byte[]? data = await DecodeStoredAsync(entry.Lblk, end, cancellationToken).ConfigureAwait(false);
+        if (data is null)
+        {
+            // Unallocated: as cheap to keep as to forget.
+            entry.IsZero = true;
+            entry.Loaded = true;
+            destination.Span.Clear();
+            return true;
+        }
+        data.AsSpan(within, destination.Length).CopyTo(destination.Span);
+        _buffers.Return(data);
+        return true;
+    }
+
+    /// <summary>
+    /// Reads and decodes the lblk's stored form (its first <paramref name="prefix"/> bytes only, when not 0) into a pooled
+    /// buffer the caller owns; null when the lblk is unallocated.
+    /// </summary>
+    private async ValueTask<byte[]?> DecodeStoredAsync(ulong lblk, int prefix, CancellationToken cancellationToken)
+    {
+        // The entry's pblk numbers stay in a pooled array until the lblk is read: a cache miss allocates nothing.
         ulong[] slots = ArrayPool<ulong>.Shared.Rent(_geometry.Alloc.PblksPerLblk);
         try
         {
             LblkAlloc alloc;
             try
             {
-                alloc = await _lbat.ReadAsync(entry.Lblk, slots, cancellationToken).ConfigureAwait(false);
+                alloc = await _lbat.ReadAsync(lblk, slots, cancellationToken).ConfigureAwait(false);
             }
             catch (InvalidDataException e)
             {
-                throw _damage.Damaged(entry.Lblk, $"invalid lblk_alloc entry ({DamageLog.WithoutLblk(e.Message)}); it reads as an I/O error until written whole or repaired (cbd check --repair)");
+                throw _damage.Damaged(lblk, $"invalid lblk_alloc entry ({DamageLog.WithoutLblk(e.Message)}); it reads as an I/O error until written whole or repaired (cbd check --repair)");
             }
             if (!alloc.IsAllocated)
-            {
-                entry.IsZero = true;
-                entry.Loaded = true;
-                return;
-            }
+                return null;
             byte[] stored = _buffers.Rent();
             try
             {
                 await _store.ReadPblksAsync(alloc.Pblks, stored, cancellationToken: cancellationToken).ConfigureAwait(false);
                 byte[] data = _buffers.Rent();
-                var result = StoredLblk.Decode(_geometry.Alloc, entry.Lblk, alloc, stored, data);
+                var result = StoredLblk.Decode(_geometry.Alloc, lblk, alloc, stored, data, prefix);
                 if (!result.Ok)
                 {
                     _buffers.Return(data);
                     throw result.Fault == StoredLblkFault.ChecksumMismatch
-                        ? _damage.Damaged(entry.Lblk, $"checksum mismatch (stored 0x{alloc.Crc:x8}, computed 0x{result.ComputedCrc:x8}) in pblks {alloc.Pblks}")
-                        : _damage.Damaged(entry.Lblk, $"stored bytes (algorithm id {result.AlgorithmId}, {result.StoredBytes} bytes) do not decompress to one {_lblkSize}-byte lblk");
+                        ? _damage.Damaged(lblk, $"checksum mismatch (stored 0x{alloc.Crc:x8}, computed 0x{result.ComputedCrc:x8}) in pblks {alloc.Pblks}")
+                        : _damage.Damaged(lblk, $"stored bytes (algorithm id {result.AlgorithmId}, {result.StoredBytes} bytes) do not decompress to one {_lblkSize}-byte lblk");
                 }
-                entry.Data = data;
-                entry.IsZero = false;
-                entry.Loaded = true;
+                return data;
             }
             finally
             {

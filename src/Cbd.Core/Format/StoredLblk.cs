@@ -76,10 +76,14 @@ public static class StoredLblk
     /// Decodes the stored form of an allocated entry: <paramref name="stored"/> holds its pblks' bytes (at
     /// least <see cref="LblkAllocFormat.StoredBytes"/> of its length), <paramref name="data"/> receives the
     /// lblk (lblk size bytes). The crc, when the format keeps one, is verified before anything is
-    /// decompressed; on failure <paramref name="data"/> holds nothing meaningful.
+    /// decompressed; on failure <paramref name="data"/> holds nothing meaningful. With <paramref name="prefix"/>, only that
+    /// many leading bytes of <paramref name="data"/> are meant (LZ4 stops decoding there): a format with a crc only, since
+    /// without one a damaged end of the stored form would go unseen.
     /// </summary>
-    public static StoredLblkResult Decode(LblkAllocFormat format, ulong lblk, in LblkAlloc alloc, ReadOnlySpan<byte> stored, Span<byte> data)
+    public static StoredLblkResult Decode(LblkAllocFormat format, ulong lblk, in LblkAlloc alloc, ReadOnlySpan<byte> stored, Span<byte> data, int prefix = 0)
     {
+        if (prefix != 0 && (!format.WithCrc || prefix < 0 || prefix > format.LblkSize))
+            throw new ArgumentOutOfRangeException(nameof(prefix), prefix, "a prefix needs a format with a crc, and at most one lblk");
         if (!alloc.IsAllocated)
             throw new ArgumentException($"lblk {lblk}: an unallocated entry has no stored form", nameof(alloc));
         int storedBytes = format.StoredBytes(alloc.Length);
@@ -94,11 +98,13 @@ public static class StoredLblk
         }
         if (alloc.Length == format.UncompressedLength)
         {
-            bytes.CopyTo(data);
+            (prefix == 0 ? bytes : bytes[..prefix]).CopyTo(data);
             return new StoredLblkResult(StoredLblkFault.None, storedBytes, alloc.Crc, bytes[0]);
         }
         var codec = Codec.ForReading(bytes[0]);
-        bool ok = codec is not null && codec.TryDecompress(bytes[AlgorithmIdBytes..], data[..format.LblkSize]);
+        bool ok = codec is not null && (prefix == 0
+            ? codec.TryDecompress(bytes[AlgorithmIdBytes..], data[..format.LblkSize])
+            : codec.TryDecompressPrefix(bytes[AlgorithmIdBytes..], data[..format.LblkSize], prefix));
         return new StoredLblkResult(ok ? StoredLblkFault.None : StoredLblkFault.Undecodable, storedBytes, alloc.Crc, bytes[0]);
     }
 

@@ -281,4 +281,27 @@ public class DamageTests
         }
         Assert.Single(log.Lines, l => l.StartsWith("lblk 9: checksum mismatch", StringComparison.Ordinal));
     }
+
+    [Fact]
+    public async Task A_small_read_that_decodes_part_of_an_lblk_still_checks_all_its_stored_bytes()
+    {
+        var (store, g, model) = await ImageAsync();
+        // The last stored byte of lblk 9, past what a read of its first 4 KiB decodes.
+        var entry = await ReadEntryAsync(store, g, 9);
+        Assert.True(entry.Used(g) > 1, $"lblk 9 takes {entry.Used(g)} pblk(s)");
+        int last = (int)entry.Length - 1;
+        long at = (long)entry.Slots[last / Layout.PblkSize] * Layout.PblkSize + last % Layout.PblkSize;
+        var b = new byte[1];
+        await store.ReadAsync(at, b);
+        b[0] ^= 0x10;
+        await store.WriteAsync(at, b);
+
+        var log = new LogLines();
+        await using (var device = await OpenAsync(store, log, readOnly: true))
+        {
+            await Assert.ThrowsAsync<LblkCorruptException>(async () => await device.ReadAsync(9 * LblkSize, new byte[4096]));
+            await AssertReadsAsync(device, model, except: 9);
+        }
+        Assert.Single(log.Lines, l => l.StartsWith("lblk 9: checksum mismatch", StringComparison.Ordinal));
+    }
 }

@@ -49,6 +49,38 @@ public class StoredLblkTests
         Assert.Equal(FormatCrc(42, stored.AsSpan(0, 1 + n)), form.Crc);
     }
 
+    [Theory]
+    [InlineData(CompressionAlgorithm.Lz4, false)]
+    [InlineData(CompressionAlgorithm.Zstd, false)]
+    [InlineData(CompressionAlgorithm.Lz4, true)]
+    public void A_prefix_decodes_to_the_lblk_s_first_bytes_after_the_crc_is_checked(CompressionAlgorithm algorithm, bool incompressible)
+    {
+        var data = Compressible(9);
+        if (incompressible)
+            new Random(9).NextBytes(data);
+        var stored = new byte[LblkSize];
+        var form = StoredLblk.Encode(s_crc, Codec.Create(algorithm, CodecLimits.Levels(algorithm).Default), 11, data, stored);
+        var alloc = AllocFor(form);
+        foreach (int prefix in new[] { 1, 4096, 30000, LblkSize })
+        {
+            var back = new byte[LblkSize];
+            Assert.True(StoredLblk.Decode(s_crc, 11, alloc, stored, back, prefix).Ok);
+            Assert.True(back.AsSpan(0, prefix).SequenceEqual(data.AsSpan(0, prefix)), $"prefix {prefix}");
+        }
+        // The crc covers every stored byte, so damage past the prefix is found all the same.
+        stored[form.StoredBytes - 1] ^= 1;
+        Assert.Equal(StoredLblkFault.ChecksumMismatch, StoredLblk.Decode(s_crc, 11, alloc, stored, new byte[LblkSize], 4096).Fault);
+    }
+
+    [Fact]
+    public void A_prefix_is_refused_without_a_crc()
+    {
+        var data = Compressible(4);
+        var stored = new byte[LblkSize];
+        var form = StoredLblk.Encode(s_noCrc, Codec.Create(CompressionAlgorithm.Lz4, 0), 3, data, stored);
+        Assert.Throws<ArgumentOutOfRangeException>(() => StoredLblk.Decode(s_noCrc, 3, AllocFor(form), stored, new byte[LblkSize], 4096));
+    }
+
     [Fact]
     public void An_incompressible_lblk_is_stored_as_it_is_with_the_all_ones_length()
     {
