@@ -121,6 +121,8 @@ internal sealed class WriteAdmission
                 {
                     if (entry.Unlogged || _pipeline.HoldsUnlogged(lblk) || (whole && !log.IsLive(lblk)))
                         return false;
+                    if (entry.Loaded)
+                        CoverInWriteBack(entry, header, record);
                     int held = reservation;
                     reservation = 0;
                     var appended = await log.AppendAsync(record, header, held, cancellationToken).ConfigureAwait(false);
@@ -243,6 +245,49 @@ internal sealed class WriteAdmission
             if (held > 0)
                 _alloc.Unreserve(held);
             _cache.Unpin(entry);
+        }
+    }
+
+    /// <summary>
+    /// A record applied to a loaded entry is written back with it when the entry is dirty and its write-back is still to
+    /// come (a merge, say): its reservation must then cover the contents with the record too. It covers any contents when
+    /// it is one lblk's worth; else (a nearly full device, where the merge measured what the lblk needed) the shortfall is
+    /// reserved, or what the lblk then measures. Throws <see cref="OutOfSpaceException"/>, before anything is appended,
+    /// when neither fits. Caller holds the entry's lock.
+    /// </summary>
+    private void CoverInWriteBack(CachedLblk entry, LogRecordHeader header, byte[] record)
+    {
+        int pblksPerLblk = _geometry.Alloc.PblksPerLblk;
+        int shortfall = pblksPerLblk - entry.ReservedPblks;
+        if (!entry.Dirty || entry.WriteBackVersion == entry.Version || shortfall <= 0)
+            return;
+        if (_alloc.TryReserve(shortfall))
+        {
+            entry.ReservedPblks = pblksPerLblk;
+            return;
+        }
+        var after = new CachedLblk(entry.Lblk) { Loaded = true, IsZero = entry.IsZero };
+        try
+        {
+            if (!entry.IsZero)
+            {
+                after.Data = _buffers.Rent();
+                entry.Data.AsSpan(0, _lblkSize).CopyTo(after.Data);
+            }
+            if (!_io.ApplyRecord(after, header, record))
+                throw new InvalidOperationException($"lblk {entry.Lblk}: a log record about to be written does not decode");
+            int extra = _io.PblksNeeded(after) - entry.ReservedPblks;
+            if (extra <= 0)
+                return;
+            if (!_alloc.TryReserve(extra))
+                throw new OutOfSpaceException(
+                    $"no space left: {_alloc.Free} free data pblks, {_alloc.Reserved} promised to unwritten lblks, {extra} more needed for lblk {entry.Lblk}");
+            entry.ReservedPblks += extra;
+        }
+        finally
+        {
+            if (after.Data is { } data)
+                _buffers.Return(data);
         }
     }
 
