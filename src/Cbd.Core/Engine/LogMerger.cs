@@ -201,7 +201,10 @@ internal sealed class LogMerger
         }
         if (_log.PendingLblks == 0)
             return ([], false);
-        if (Interlocked.Exchange(ref _roomWanted, 0) == 1 || IsFull || IsIdle)
+        // While a writer waits for room, every round frees the oldest records, not only the one its call kicked: that round
+        // may have found every oldest lblk awaiting its publication, and a record can need more room than the log has
+        // below the fill from which it merges on its own.
+        if (Interlocked.Exchange(ref _roomWanted, 0) == 1 || _log.WritersWaiting || IsFull || IsIdle)
             return (_log.OldestLblks(_batch, _merging), true);
         return (_log.LblksWithRecords(MaxRecordsPerLblk, _batch, _merging), false);
     }

@@ -206,9 +206,22 @@ internal sealed class WriteLog
                 ThrowHelper.Failed(e);
             }
             makeRoom();
-            await room.WaitAsync(cancellationToken).ConfigureAwait(false);
+            Interlocked.Increment(ref _waitingForRoom);
+            try
+            {
+                await room.WaitAsync(cancellationToken).ConfigureAwait(false);
+            }
+            finally
+            {
+                Interlocked.Decrement(ref _waitingForRoom);
+            }
         }
     }
+
+    private int _waitingForRoom;
+
+    /// <summary>Writers waiting in <see cref="ReserveAsync"/> for room.</summary>
+    public bool WritersWaiting => Volatile.Read(ref _waitingForRoom) > 0;
 
     /// <summary>Gives back a reservation not used.</summary>
     public void Unreserve(int bytes)
