@@ -188,7 +188,7 @@ internal sealed class LblkIo
     /// </summary>
     private async ValueTask<byte[]?> DecodeStoredAsync(ulong lblk, int prefix, CancellationToken cancellationToken)
     {
-        // The entry's pblk numbers stay in a pooled array until the lblk is read: a cache miss allocates nothing.
+        // The lblk's pblk numbers stay in a pooled array until it is read: a cache miss allocates nothing.
         ulong[] slots = ArrayPool<ulong>.Shared.Rent(_geometry.Alloc.PblksPerLblk);
         try
         {

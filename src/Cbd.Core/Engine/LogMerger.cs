@@ -85,14 +85,11 @@ internal sealed class LogMerger
             Kick();
     }
 
-    /// <summary>A writer waits for room in the log: the oldest lblks are merged however full the log is.</summary>
-    public void WantRoom()
-    {
-        Volatile.Write(ref _roomWanted, 1);
-        Kick();
-    }
-
-    private int _roomWanted;
+    /// <summary>
+    /// A writer waits for room in the log (<see cref="WriteLog.WritersWaiting"/>): the oldest lblks are merged however full
+    /// the log is, round after round while it waits.
+    /// </summary>
+    public void WantRoom() => Kick();
 
     private void Kick()
     {
@@ -201,10 +198,10 @@ internal sealed class LogMerger
         }
         if (_log.PendingLblks == 0)
             return ([], false);
-        // While a writer waits for room, every round frees the oldest records, not only the one its call kicked: that round
-        // may have found every oldest lblk awaiting its publication, and a record can need more room than the log has
+        // While a writer waits for room, every round frees the oldest records, not only the one its request kicked: that
+        // round may have found every oldest lblk awaiting its publication, and a record can need more room than the log has
         // below the fill from which it merges on its own.
-        if (Interlocked.Exchange(ref _roomWanted, 0) == 1 || _log.WritersWaiting || IsFull || IsIdle)
+        if (_log.WritersWaiting || IsFull || IsIdle)
             return (_log.OldestLblks(_batch, _merging), true);
         return (_log.LblksWithRecords(MaxRecordsPerLblk, _batch, _merging), false);
     }

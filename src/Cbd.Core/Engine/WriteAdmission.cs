@@ -217,8 +217,7 @@ internal sealed class WriteAdmission
                         {
                             Restore(entry, undo, wasLoaded, wasZero);
                             undo = null;
-                            throw new OutOfSpaceException(
-                                $"no space left: {_alloc.Free} free data pblks, {_alloc.Reserved} promised to unwritten lblks, {extra} more needed for lblk {lblk}");
+                            throw NoSpaceFor(lblk, extra);
                         }
                         if (extra > 0)
                             entry.ReservedPblks += extra;
@@ -280,8 +279,7 @@ internal sealed class WriteAdmission
             if (extra <= 0)
                 return;
             if (!_alloc.TryReserve(extra))
-                throw new OutOfSpaceException(
-                    $"no space left: {_alloc.Free} free data pblks, {_alloc.Reserved} promised to unwritten lblks, {extra} more needed for lblk {entry.Lblk}");
+                throw NoSpaceFor(entry.Lblk, extra);
             entry.ReservedPblks += extra;
         }
         finally
@@ -290,6 +288,9 @@ internal sealed class WriteAdmission
                 _buffers.Return(data);
         }
     }
+
+    private OutOfSpaceException NoSpaceFor(ulong lblk, int extra) => new(
+        $"no space left: {_alloc.Free} free data pblks, {_alloc.Reserved} promised to unwritten lblks, {extra} more needed for lblk {lblk}");
 
     /// <summary>Puts an entry back as it was before a change that could not be given space.</summary>
     private void Restore(CachedLblk entry, byte[]? undo, bool wasLoaded, bool wasZero)

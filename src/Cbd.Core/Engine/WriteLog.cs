@@ -60,6 +60,7 @@ internal sealed class WriteLog
     private ulong _durableTailSeq;
     private uint _durableTailEpoch;
     private TaskCompletionSource _room = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private int _waitingForRoom;
     private volatile Exception? _failed;
     private readonly SemaphoreSlim _tailWrite = new(1, 1);
     private ulong _durableBefore;
@@ -205,10 +206,11 @@ internal sealed class WriteLog
                     throw new OutOfSpaceException($"no space left: the write log is full, and its records cannot be merged for want of space ({e.Message})");
                 ThrowHelper.Failed(e);
             }
-            makeRoom();
+            // Counted before asking, so that the round the request starts already sees a writer waiting.
             Interlocked.Increment(ref _waitingForRoom);
             try
             {
+                makeRoom();
                 await room.WaitAsync(cancellationToken).ConfigureAwait(false);
             }
             finally
@@ -217,8 +219,6 @@ internal sealed class WriteLog
             }
         }
     }
-
-    private int _waitingForRoom;
 
     /// <summary>Writers waiting in <see cref="ReserveAsync"/> for room.</summary>
     public bool WritersWaiting => Volatile.Read(ref _waitingForRoom) > 0;
