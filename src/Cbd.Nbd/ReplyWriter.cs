@@ -25,8 +25,14 @@ internal sealed class ReplyWriter
     /// <summary>Longest message of an error chunk: what is left of the scratch buffer after the chunk header and error fields.</summary>
     internal const int MaxErrorMessageLength = ScratchSize - StructuredReplyHeader.Size - ChunkPayload.ErrorPrefixSize;
 
+    /// <summary>Room for the simple replies held while the reader works through requests it already has (<see cref="Hold"/>).</summary>
+    internal const int HeldSize = 4096;
+
     private readonly SemaphoreSlim _lock = new(1, 1);
     private readonly byte[] _scratch = new byte[ScratchSize];
+    private readonly byte[] _held = new byte[HeldSize];
+    private int _heldLength;
+    private volatile bool _holding;
     private readonly CancellationToken _abort;
     private readonly Action<string> _log;
     private readonly Action _onBroken;
@@ -90,13 +96,71 @@ internal sealed class ReplyWriter
 
     // ---- Transmission: any number of senders, one at a time ----
 
+    /// <summary>
+    /// From now until <see cref="ReleaseAsync"/>, simple replies are gathered instead of sent: the reader calls it
+    /// while it has requests in hand, so that the replies to a burst of small writes leave in one send, and wake the
+    /// client once, instead of one send and one wake-up each. Only the reader holds and releases.
+    /// </summary>
+    public void Hold() => _holding = true;
+
+    /// <summary>
+    /// Sends what was held and stops holding. The reader calls it before it waits for anything (the client's next
+    /// bytes, room for a request), since the client may be waiting for these replies before it sends more.
+    /// </summary>
+    public async ValueTask ReleaseAsync()
+    {
+        if (!await TryLockAsync().ConfigureAwait(false))
+        {
+            _holding = false;
+            return;
+        }
+        try
+        {
+            // Cleared under the lock: a sender that saw it set has already added its reply, which goes out now.
+            _holding = false;
+            if (!_broken)
+            {
+                await SendHeldAsync().ConfigureAwait(false);
+            }
+        }
+        catch (Exception ex) when (NbdConnection.IsConnectionEnd(ex))
+        {
+            _log($"sending a reply failed, closing the connection: {ex.Message}");
+            MarkBroken();
+        }
+        finally
+        {
+            _lock.Release();
+        }
+    }
+
+    /// <summary>Sends the held replies, if any; under the lock.</summary>
+    private ValueTask SendHeldAsync()
+    {
+        if (_heldLength == 0)
+        {
+            return ValueTask.CompletedTask;
+        }
+        int length = _heldLength;
+        _heldLength = 0;
+        return _transport.SendAsync(_held.AsMemory(0, length), ReadOnlyMemory<byte>.Empty, _abort);
+    }
+
     /// <summary>A simple reply: the error value (or none) of a request that carries no data back.</summary>
     public ValueTask SendSimpleReplyAsync(ulong handle, NbdError error)
-        => SendGuardedAsync((handle, error), static (w, s) =>
+        => SendGuardedAsync((handle, error), static async (w, s) =>
         {
-            SimpleReplyHeader.Write(w._scratch, s.error, s.handle);
-            return w._transport.SendAsync(w._scratch.AsMemory(0, SimpleReplyHeader.Size), ReadOnlyMemory<byte>.Empty, w._abort);
-        });
+            if (w._heldLength + SimpleReplyHeader.Size > w._held.Length)
+            {
+                await w.SendHeldAsync().ConfigureAwait(false);
+            }
+            SimpleReplyHeader.Write(w._held.AsSpan(w._heldLength), s.error, s.handle);
+            w._heldLength += SimpleReplyHeader.Size;
+            if (!w._holding)
+            {
+                await w.SendHeldAsync().ConfigureAwait(false);
+            }
+        }, sendHeldFirst: false);
 
     /// <summary>One structured chunk flagged as the last of its reply, its payload sent after the header.</summary>
     public ValueTask SendDoneChunkAsync(ulong handle, NbdReplyType type, ReadOnlyMemory<byte> payload)
@@ -195,6 +259,7 @@ internal sealed class ReplyWriter
             {
                 return;
             }
+            await SendHeldAsync().ConfigureAwait(false);
             int headerLength;
             if (_structuredReplies)
             {
@@ -254,7 +319,7 @@ internal sealed class ReplyWriter
     /// Takes the lock and runs <paramref name="send"/>. Never throws: a failed send means the client is gone or
     /// stuck, so the writer is marked broken and the connection stops reading.
     /// </summary>
-    private async ValueTask SendGuardedAsync<TState>(TState state, Func<ReplyWriter, TState, ValueTask> send)
+    private async ValueTask SendGuardedAsync<TState>(TState state, Func<ReplyWriter, TState, ValueTask> send, bool sendHeldFirst = true)
     {
         if (!await TryLockAsync().ConfigureAwait(false))
         {
@@ -264,6 +329,11 @@ internal sealed class ReplyWriter
         {
             if (!_broken)
             {
+                // Held replies go first, so that one waiting for the reader's next wait is not behind this one too.
+                if (sendHeldFirst)
+                {
+                    await SendHeldAsync().ConfigureAwait(false);
+                }
                 await send(this, state).ConfigureAwait(false);
             }
         }

@@ -188,4 +188,49 @@ public sealed class ReplyWriterTests
         await writer.SendSimpleReplyAsync(2, NbdError.None);
         Assert.Single(log);
     }
+    [Fact]
+    public async Task HeldSimpleReplies_LeaveTogether_WhenReleased()
+    {
+        var (writer, stream, _) = Create(structured: true);
+        writer.Hold();
+        for (ulong handle = 1; handle <= 5; handle++)
+        {
+            await writer.SendSimpleReplyAsync(handle, NbdError.None);
+        }
+        Assert.Empty(stream.Writes);
+        await writer.ReleaseAsync();
+        Assert.Equal([5 * 16], stream.Writes);
+        byte[] bytes = stream.ToArray();
+        for (int i = 0; i < 5; i++)
+        {
+            Assert.Equal(SimpleReplyMagic, BinaryPrimitives.ReadUInt32BigEndian(bytes.AsSpan(i * 16)));
+            Assert.Equal((ulong)i + 1, BinaryPrimitives.ReadUInt64BigEndian(bytes.AsSpan(i * 16 + 8)));
+        }
+
+        // Released, a reply goes out at once.
+        await writer.SendSimpleReplyAsync(6, NbdError.None);
+        Assert.Equal([5 * 16, 16], stream.Writes);
+    }
+
+    [Fact]
+    public async Task HeldReplies_GoOutBeforeAnyOtherReply_AndWhenTheirRoomIsFull()
+    {
+        var (writer, stream, _) = Create(structured: true);
+        writer.Hold();
+        await writer.SendSimpleReplyAsync(1, NbdError.None);
+        await writer.SendErrorAsync(2, NbdError.IO, "eio");
+        Assert.Equal(16, stream.Writes[0]);
+        Assert.Equal(2, stream.Writes.Count);
+        Assert.Equal(2ul, BinaryPrimitives.ReadUInt64BigEndian(stream.ToArray().AsSpan(16 + 8)));
+
+        int fit = ReplyWriter.HeldSize / 16;
+        for (int i = 0; i < fit + 1; i++)
+        {
+            await writer.SendSimpleReplyAsync((ulong)(10 + i), NbdError.None);
+        }
+        Assert.Equal(3, stream.Writes.Count);
+        Assert.Equal(ReplyWriter.HeldSize, stream.Writes[2]);
+        await writer.ReleaseAsync();
+        Assert.Equal(16, stream.Writes[3]);
+    }
 }
