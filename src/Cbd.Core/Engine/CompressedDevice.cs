@@ -68,7 +68,7 @@ public sealed partial class CompressedDevice : IBlockDevice
             () => _merger?.WantRoom(), pending => _merger?.Appended(pending), () => _pipeline.Failed ?? _merger?.Stuck);
         if (log is not null && !options.ReadOnly)
             _merger = new LogMerger(log, _admission, _pipeline, damage, WriteLogTailAsync, options.FlushDelay, _cache.WriteBackThreshold,
-                _cache.ThrottleThreshold - 1, parallelism);
+                _cache.ThrottleThreshold - 1, parallelism, Counters);
     }
 
     /// <summary>The header as last written (stats are as of open or last clean close).</summary>

@@ -9,6 +9,7 @@ public sealed class EngineCounters
 {
     private long _cacheHits;
     private long _cacheMisses;
+    private long _logMerges;
 
     /// <summary>Accesses to an lblk (a read, a partial write, a prefetch) that found it in the cache, decompressed.</summary>
     public long CacheHits => Volatile.Read(ref _cacheHits);
@@ -16,8 +17,13 @@ public sealed class EngineCounters
     /// <summary>Accesses to an lblk that had to look up its lblk_alloc entry and, when allocated, read and decompress it.</summary>
     public long CacheMisses => Volatile.Read(ref _cacheMisses);
 
+    /// <summary>lblks loaded with their write log records to be written back with them (each one compression for all it gathered).</summary>
+    public long LogMerges => Volatile.Read(ref _logMerges);
+
     /// <summary>Checkpoints committed, each from the start of its write-back to its commit; its count is the number of checkpoints.</summary>
     public DurationHistogram Checkpoints { get; } = new(DurationHistogram.CheckpointBounds);
+
+    internal void CountMerge() => Interlocked.Increment(ref _logMerges);
 
     internal void CountLookup(bool hit) => Interlocked.Increment(ref hit ? ref _cacheHits : ref _cacheMisses);
 }

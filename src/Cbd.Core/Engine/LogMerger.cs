@@ -38,6 +38,7 @@ internal sealed class LogMerger
     private readonly int _batch;
     private readonly int _closingBatch;
     private readonly int _parallelism;
+    private readonly EngineCounters _counters;
     private readonly SemaphoreSlim _kick = new(0, 1);
     private readonly CancellationTokenSource _stop = new();
     private Task? _loop;
@@ -52,8 +53,9 @@ internal sealed class LogMerger
     private volatile Exception? _stuck;
 
     public LogMerger(WriteLog log, WriteAdmission admission, CheckpointPipeline pipeline, DamageLog damage,
-        Func<LogTail, CancellationToken, ValueTask> writeTail, TimeSpan idleDelay, int batch, int closingBatch, int parallelism)
+        Func<LogTail, CancellationToken, ValueTask> writeTail, TimeSpan idleDelay, int batch, int closingBatch, int parallelism, EngineCounters counters)
     {
+        _counters = counters;
         _closingBatch = Math.Max(1, closingBatch);
         _log = log;
         _admission = admission;
@@ -218,6 +220,7 @@ internal sealed class LogMerger
                 try
                 {
                     await _admission.MergeAsync(lblk, token).ConfigureAwait(false);
+                    _counters.CountMerge();
                     done.Enqueue(pick);
                 }
                 catch (LblkCorruptException)

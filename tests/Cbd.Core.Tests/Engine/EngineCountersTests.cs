@@ -37,6 +37,23 @@ public class EngineCountersTests
     }
 
     [Fact]
+    public async Task Merges_of_write_log_records_are_counted_per_lblk()
+    {
+        var store = await DeviceTestKit.FormatAsync(64 * MiB, new Cbd.Core.Format.FormatOptions { LogSize = 4 * MiB });
+        var device = await DeviceTestKit.OpenAsync(store);
+        EngineCounters counters = device.Counters;
+        // Three lblks, one with two records: a merge loads each lblk once, with all its records.
+        await device.WriteAsync(0, DeviceTestKit.Compressible(4096, 1));
+        await device.WriteAsync(8192, DeviceTestKit.Compressible(4096, 2));
+        await device.WriteAsync(device.BlockSize, DeviceTestKit.Compressible(4096, 3));
+        await device.WriteAsync(5L * device.BlockSize, DeviceTestKit.Compressible(4096, 4));
+        await device.FlushAsync();
+        Assert.Equal(0, counters.LogMerges);
+        await device.DisposeAsync();
+        Assert.Equal(3, counters.LogMerges);
+    }
+
+    [Fact]
     public void Histogram_buckets_are_cumulative_and_inclusive_of_their_bound()
     {
         var histogram = new DurationHistogram([0.001, 0.01]);
