@@ -19,8 +19,8 @@ internal sealed partial class NbdConnection
         _transmissionState = new TransmissionState(_export.Size, _export.IsReadOnly, negotiated.StructuredReplies,
             negotiated.AllocationContextSelected, _export.Device.CanProvision);
         _writer.StartTransmission(negotiated);
-        // Reads go through a buffer so that small requests cost one receive call for many.
-        _input = new BufferedStream(_input, ReceiveBufferSize);
+        _received = new ReceiveBuffer(_input, ReceiveBufferSize);
+        _input = _received;
 
         // The replies of requests that complete while the reader has more requests in hand are held and leave
         // together when it is about to wait (ReplyWriter.Hold): a burst of 4 KiB writes then costs one send and one
@@ -112,9 +112,10 @@ internal sealed partial class NbdConnection
             }
             // A write runs on this thread until it first has to wait, then the next request is read: applying it
             // to the cache is short, and its compression happens later in write-back on the pool. A thread
-            // hand-off per write cost more than that (random 4 KiB writes +12 % without it, measured). A read is
-            // decompressed and sent by the request itself, so reads go to the pool and run on every core.
-            if (request.Command == NbdCommand.Write)
+            // hand-off per write cost more than that (random 4 KiB writes +12 % without it, measured). So does a read
+            // of at most an lblk that is the last request in hand; the others go to the pool and run on every core.
+            // Their replies are held with the rest of the burst's (ReplyWriter.Hold) and leave in one send.
+            if (request.Command == NbdCommand.Write || (request.Command == NbdCommand.Read && request.Length <= _export.Device.BlockSize && _received!.Buffered == 0))
             {
                 _ = ProcessAsync(request, payload, cost);
             }

@@ -41,6 +41,9 @@ internal sealed partial class NbdConnection
     /// </summary>
     private Stream _input;
 
+    /// <summary>The buffer requests are read through in the transmission phase (<see cref="_input"/> then).</summary>
+    private ReceiveBuffer? _received;
+
     /// <summary>The TLS session after NBD_OPT_STARTTLS, over the socket; disposed when the connection ends.</summary>
     private SslStream? _tls;
 

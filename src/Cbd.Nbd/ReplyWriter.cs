@@ -25,8 +25,11 @@ internal sealed class ReplyWriter
     /// <summary>Longest message of an error chunk: what is left of the scratch buffer after the chunk header and error fields.</summary>
     internal const int MaxErrorMessageLength = ScratchSize - StructuredReplyHeader.Size - ChunkPayload.ErrorPrefixSize;
 
-    /// <summary>Room for the simple replies held while the reader works through requests it already has (<see cref="Hold"/>).</summary>
-    internal const int HeldSize = 4096;
+    /// <summary>
+    /// Room for the replies held while the reader works through requests it already has (<see cref="Hold"/>): the simple
+    /// replies of writes, and the small READ replies, a burst of sixteen 4 KiB reads among them.
+    /// </summary>
+    internal const int HeldSize = 128 << 10;
 
     private readonly SemaphoreSlim _lock = new(1, 1);
     private readonly byte[] _scratch = new byte[ScratchSize];
@@ -199,6 +202,11 @@ internal sealed class ReplyWriter
     public ValueTask SendReadChunksAsync(ulong handle, ulong offset, ReadOnlyMemory<byte> data, NbdConnection.ReadRun[] runs, int runCount, bool last)
         => SendGuardedAsync((handle, offset, data, runs, runCount, last), static async (w, s) =>
         {
+            if (w._holding && w.TryHoldReadChunks(s.handle, s.offset, s.data.Span, s.runs.AsSpan(0, s.runCount), s.last))
+            {
+                return;
+            }
+            await w.SendHeldAsync().ConfigureAwait(false);
             // Small chunk headers (and whole hole chunks) gather in the scratch buffer and go out with the next
             // data run, so a reply costs about one send per data run.
             byte[] scratch = w._scratch;
@@ -236,7 +244,49 @@ internal sealed class ReplyWriter
             {
                 await w._transport.SendAsync(scratch.AsMemory(0, pending), ReadOnlyMemory<byte>.Empty, w._abort).ConfigureAwait(false);
             }
-        });
+        }, sendHeldFirst: false);
+
+    /// <summary>
+    /// Adds the chunks of a READ reply piece to the held replies when they fit in the room left (after sending what is
+    /// held, if that makes room); false when the reply is larger than the held room could ever take. Under the lock.
+    /// </summary>
+    private bool TryHoldReadChunks(ulong handle, ulong offset, ReadOnlySpan<byte> data, ReadOnlySpan<NbdConnection.ReadRun> runs, bool last)
+    {
+        int bytes = 0;
+        foreach (var run in runs)
+        {
+            bytes += StructuredReplyHeader.Size + (run.IsZero ? ChunkPayload.OffsetHoleSize : ChunkPayload.OffsetDataPrefixSize + run.Length);
+        }
+        if (bytes > _held.Length - _heldLength)
+        {
+            // Sending what is held would make room only by a send of its own: not worth holding this one too.
+            return false;
+        }
+        Span<byte> held = _held;
+        for (int i = 0; i < runs.Length; i++)
+        {
+            NbdConnection.ReadRun run = runs[i];
+            NbdReplyFlags flags = last && i == runs.Length - 1 ? NbdReplyFlags.Done : NbdReplyFlags.None;
+            ulong runOffset = offset + (ulong)run.Start;
+            if (run.IsZero)
+            {
+                StructuredReplyHeader.Write(held[_heldLength..], flags, NbdReplyType.OffsetHole, handle, ChunkPayload.OffsetHoleSize);
+                _heldLength += StructuredReplyHeader.Size;
+                ChunkPayload.WriteOffsetHole(held[_heldLength..], runOffset, (uint)run.Length);
+                _heldLength += ChunkPayload.OffsetHoleSize;
+            }
+            else
+            {
+                StructuredReplyHeader.Write(held[_heldLength..], flags, NbdReplyType.OffsetData, handle, (uint)(ChunkPayload.OffsetDataPrefixSize + run.Length));
+                _heldLength += StructuredReplyHeader.Size;
+                ChunkPayload.WriteOffsetDataPrefix(held[_heldLength..], runOffset);
+                _heldLength += ChunkPayload.OffsetDataPrefixSize;
+                data.Slice(run.Start, run.Length).CopyTo(held[_heldLength..]);
+                _heldLength += run.Length;
+            }
+        }
+        return true;
+    }
 
     /// <summary>
     /// Sends a READ reply whose one header announces all <paramref name="length"/> bytes (a simple reply, or a
