@@ -247,8 +247,8 @@ internal sealed class ReplyWriter
         }, sendHeldFirst: false);
 
     /// <summary>
-    /// Adds the chunks of a READ reply piece to the held replies when they fit in the room left (after sending what is
-    /// held, if that makes room); false when the reply is larger than the held room could ever take. Under the lock.
+    /// Adds the chunks of a READ reply piece to the held replies when they fit in the room left; false when they do not,
+    /// and the caller then sends what is held and this reply. Under the lock.
     /// </summary>
     private bool TryHoldReadChunks(ulong handle, ulong offset, ReadOnlySpan<byte> data, ReadOnlySpan<NbdConnection.ReadRun> runs, bool last)
     {
@@ -259,7 +259,6 @@ internal sealed class ReplyWriter
         }
         if (bytes > _held.Length - _heldLength)
         {
-            // Sending what is held would make room only by a send of its own: not worth holding this one too.
             return false;
         }
         Span<byte> held = _held;
