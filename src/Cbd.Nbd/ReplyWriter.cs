@@ -31,10 +31,17 @@ internal sealed class ReplyWriter
     /// </summary>
     internal const int HeldSize = 128 << 10;
 
+    /// <summary>
+    /// The most replies held at once: a client that keeps sending never makes the reader wait, and its replies must not
+    /// wait for the held room to fill (thousands of simple replies) either.
+    /// </summary>
+    internal const int MaxHeldReplies = 64;
+
     private readonly SemaphoreSlim _lock = new(1, 1);
     private readonly byte[] _scratch = new byte[ScratchSize];
     private readonly byte[] _held = new byte[HeldSize];
     private int _heldLength;
+    private int _heldReplies;
     private volatile bool _holding;
     private readonly CancellationToken _abort;
     private readonly Action<string> _log;
@@ -146,6 +153,7 @@ internal sealed class ReplyWriter
         }
         int length = _heldLength;
         _heldLength = 0;
+        _heldReplies = 0;
         return _transport.SendAsync(_held.AsMemory(0, length), ReadOnlyMemory<byte>.Empty, _abort);
     }
 
@@ -159,7 +167,7 @@ internal sealed class ReplyWriter
             }
             SimpleReplyHeader.Write(w._held.AsSpan(w._heldLength), s.error, s.handle);
             w._heldLength += SimpleReplyHeader.Size;
-            if (!w._holding)
+            if (!w._holding || ++w._heldReplies >= MaxHeldReplies)
             {
                 await w.SendHeldAsync().ConfigureAwait(false);
             }
@@ -204,6 +212,10 @@ internal sealed class ReplyWriter
         {
             if (w._holding && w.TryHoldReadChunks(s.handle, s.offset, s.data.Span, s.runs.AsSpan(0, s.runCount), s.last))
             {
+                if (++w._heldReplies >= MaxHeldReplies)
+                {
+                    await w.SendHeldAsync().ConfigureAwait(false);
+                }
                 return;
             }
             await w.SendHeldAsync().ConfigureAwait(false);

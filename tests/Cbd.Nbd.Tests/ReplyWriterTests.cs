@@ -249,7 +249,7 @@ public sealed class ReplyWriterTests
     }
 
     [Fact]
-    public async Task HeldReplies_GoOutBeforeAnyOtherReply_AndWhenTheirRoomIsFull()
+    public async Task HeldReplies_GoOutBeforeAnyOtherReply_AndWhenTooManyWait()
     {
         var (writer, stream, _) = Create(structured: true);
         writer.Hold();
@@ -259,14 +259,24 @@ public sealed class ReplyWriterTests
         Assert.Equal(2, stream.Writes.Count);
         Assert.Equal(2ul, BinaryPrimitives.ReadUInt64BigEndian(stream.ToArray().AsSpan(16 + 8)));
 
-        int fit = ReplyWriter.HeldSize / 16;
-        for (int i = 0; i < fit + 1; i++)
+        // At most MaxHeldReplies wait: a client that keeps sending still gets its replies.
+        for (int i = 0; i < ReplyWriter.MaxHeldReplies + 1; i++)
         {
             await writer.SendSimpleReplyAsync((ulong)(10 + i), NbdError.None);
         }
         Assert.Equal(3, stream.Writes.Count);
-        Assert.Equal(ReplyWriter.HeldSize, stream.Writes[2]);
+        Assert.Equal(ReplyWriter.MaxHeldReplies * 16, stream.Writes[2]);
         await writer.ReleaseAsync();
         Assert.Equal(16, stream.Writes[3]);
+
+        // Read replies count as replies too.
+        writer.Hold();
+        byte[] data = new byte[512];
+        for (int i = 0; i < ReplyWriter.MaxHeldReplies; i++)
+        {
+            await writer.SendReadChunksAsync((ulong)(100 + i), 0, data, [new(0, data.Length, false)], 1, last: true);
+        }
+        Assert.Equal(5, stream.Writes.Count);
+        Assert.Equal(ReplyWriter.MaxHeldReplies * (28 + 512), stream.Writes[4]);
     }
 }
