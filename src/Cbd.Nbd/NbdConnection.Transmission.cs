@@ -41,8 +41,8 @@ internal sealed partial class NbdConnection
         byte[] header = new byte[NbdRequest.Size];
         while (true)
         {
-            ValueTask<int> receiving = _input.ReadAtLeastAsync(header, NbdRequest.Size, throwOnEndOfStream: false, cancellationToken);
-            int read = receiving.IsCompleted ? receiving.Result : await ReleasingWhileAsync(receiving).ConfigureAwait(false);
+            int read = await ReleasingIfWaiting(_input.ReadAtLeastAsync(header, NbdRequest.Size, throwOnEndOfStream: false, cancellationToken))
+                .ConfigureAwait(false);
             if (read == 0)
             {
                 return;
@@ -74,31 +74,14 @@ internal sealed partial class NbdConnection
 
             // A READ larger than a piece of the pool holds one piece at a time too (see ReadAsync).
             long cost = request.Command is NbdCommand.Read or NbdCommand.Write ? Math.Min(request.Length, _pool.PieceSize) : 0;
-            ValueTask admitting = _limiter.AcquireAsync(cost, cancellationToken);
-            if (!admitting.IsCompleted)
-            {
-                await ReleasingWhileAsync(admitting).ConfigureAwait(false);
-            }
-            else
-            {
-                admitting.GetAwaiter().GetResult();
-            }
+            await ReleasingIfWaiting(_limiter.AcquireAsync(cost, cancellationToken)).ConfigureAwait(false);
             PayloadBuffer payload = default;
             try
             {
                 if (request.Command == NbdCommand.Write && request.Length > 0)
                 {
-                    ValueTask<PayloadBuffer> renting = _pool.RentAsync((int)request.Length, cancellationToken);
-                    payload = renting.IsCompleted ? renting.Result : await ReleasingWhileAsync(renting).ConfigureAwait(false);
-                    ValueTask receivingData = _input.ReadExactlyAsync(payload.Memory[..(int)request.Length], cancellationToken);
-                    if (!receivingData.IsCompleted)
-                    {
-                        await ReleasingWhileAsync(receivingData).ConfigureAwait(false);
-                    }
-                    else
-                    {
-                        receivingData.GetAwaiter().GetResult();
-                    }
+                    payload = await ReleasingIfWaiting(_pool.RentAsync((int)request.Length, cancellationToken)).ConfigureAwait(false);
+                    await ReleasingIfWaiting(_input.ReadExactlyAsync(payload.Memory[..(int)request.Length], cancellationToken)).ConfigureAwait(false);
                 }
             }
             catch
@@ -125,6 +108,15 @@ internal sealed partial class NbdConnection
             }
         }
     }
+
+    /// <summary>
+    /// What the reader needs next: as it is when already there, else after the held replies are sent
+    /// (<see cref="ReleasingWhileAsync{T}"/>), since the client may be waiting for them before it sends more.
+    /// </summary>
+    private ValueTask<T> ReleasingIfWaiting<T>(ValueTask<T> pending) => pending.IsCompleted ? pending : ReleasingWhileAsync(pending);
+
+    /// <inheritdoc cref="ReleasingIfWaiting{T}(ValueTask{T})"/>
+    private ValueTask ReleasingIfWaiting(ValueTask pending) => pending.IsCompleted ? pending : ReleasingWhileAsync(pending);
 
     /// <summary>Sends the held replies, then waits for what the reader needs next; holds again once it is there.</summary>
     private async ValueTask<T> ReleasingWhileAsync<T>(ValueTask<T> pending)

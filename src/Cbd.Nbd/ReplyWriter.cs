@@ -107,7 +107,8 @@ internal sealed class ReplyWriter
     // ---- Transmission: any number of senders, one at a time ----
 
     /// <summary>
-    /// From now until <see cref="ReleaseAsync"/>, simple replies are gathered instead of sent: the reader calls it
+    /// From now until <see cref="ReleaseAsync"/>, simple replies and small READ replies are gathered instead of sent
+    /// (at most <see cref="MaxHeldReplies"/>): the reader calls it
     /// while it has requests in hand, so that the replies to a burst of small writes leave in one send, and wake the
     /// client once, instead of one send and one wake-up each. Only the reader holds and releases.
     /// </summary>
@@ -157,6 +158,12 @@ internal sealed class ReplyWriter
         return _transport.SendAsync(_held.AsMemory(0, length), ReadOnlyMemory<byte>.Empty, _abort);
     }
 
+    /// <summary>
+    /// After a reply was added to the held ones: sends them when nothing is being held (the reply was added only to go
+    /// out with any left over) or when <see cref="MaxHeldReplies"/> wait. Under the lock.
+    /// </summary>
+    private ValueTask HeldOneAsync() => !_holding || ++_heldReplies >= MaxHeldReplies ? SendHeldAsync() : ValueTask.CompletedTask;
+
     /// <summary>A simple reply: the error value (or none) of a request that carries no data back.</summary>
     public ValueTask SendSimpleReplyAsync(ulong handle, NbdError error)
         => SendGuardedAsync((handle, error), static async (w, s) =>
@@ -167,10 +174,7 @@ internal sealed class ReplyWriter
             }
             SimpleReplyHeader.Write(w._held.AsSpan(w._heldLength), s.error, s.handle);
             w._heldLength += SimpleReplyHeader.Size;
-            if (!w._holding || ++w._heldReplies >= MaxHeldReplies)
-            {
-                await w.SendHeldAsync().ConfigureAwait(false);
-            }
+            await w.HeldOneAsync().ConfigureAwait(false);
         }, sendHeldFirst: false);
 
     /// <summary>One structured chunk flagged as the last of its reply, its payload sent after the header.</summary>
@@ -212,10 +216,7 @@ internal sealed class ReplyWriter
         {
             if (w._holding && w.TryHoldReadChunks(s.handle, s.offset, s.data.Span, s.runs.AsSpan(0, s.runCount), s.last))
             {
-                if (++w._heldReplies >= MaxHeldReplies)
-                {
-                    await w.SendHeldAsync().ConfigureAwait(false);
-                }
+                await w.HeldOneAsync().ConfigureAwait(false);
                 return;
             }
             await w.SendHeldAsync().ConfigureAwait(false);
@@ -226,28 +227,14 @@ internal sealed class ReplyWriter
             for (int i = 0; i < s.runCount; i++)
             {
                 NbdConnection.ReadRun run = s.runs[i];
-                NbdReplyFlags flags = s.last && i == s.runCount - 1 ? NbdReplyFlags.Done : NbdReplyFlags.None;
-                ulong runOffset = s.offset + (ulong)run.Start;
-                int needed = StructuredReplyHeader.Size + (run.IsZero ? ChunkPayload.OffsetHoleSize : ChunkPayload.OffsetDataPrefixSize);
-                if (pending + needed > scratch.Length)
+                if (pending + ChunkHeadBytes(run) > scratch.Length)
                 {
                     await w._transport.SendAsync(scratch.AsMemory(0, pending), ReadOnlyMemory<byte>.Empty, w._abort).ConfigureAwait(false);
                     pending = 0;
                 }
-                if (run.IsZero)
+                pending += WriteChunkHead(scratch.AsSpan(pending), s.handle, s.offset, run, s.last && i == s.runCount - 1);
+                if (!run.IsZero)
                 {
-                    StructuredReplyHeader.Write(scratch.AsSpan(pending), flags, NbdReplyType.OffsetHole, s.handle, ChunkPayload.OffsetHoleSize);
-                    pending += StructuredReplyHeader.Size;
-                    ChunkPayload.WriteOffsetHole(scratch.AsSpan(pending), runOffset, (uint)run.Length);
-                    pending += ChunkPayload.OffsetHoleSize;
-                }
-                else
-                {
-                    StructuredReplyHeader.Write(scratch.AsSpan(pending), flags, NbdReplyType.OffsetData, s.handle,
-                        (uint)(ChunkPayload.OffsetDataPrefixSize + run.Length));
-                    pending += StructuredReplyHeader.Size;
-                    ChunkPayload.WriteOffsetDataPrefix(scratch.AsSpan(pending), runOffset);
-                    pending += ChunkPayload.OffsetDataPrefixSize;
                     await w._transport.SendAsync(scratch.AsMemory(0, pending), s.data.Slice(run.Start, run.Length), w._abort).ConfigureAwait(false);
                     pending = 0;
                 }
@@ -267,36 +254,48 @@ internal sealed class ReplyWriter
         int bytes = 0;
         foreach (var run in runs)
         {
-            bytes += StructuredReplyHeader.Size + (run.IsZero ? ChunkPayload.OffsetHoleSize : ChunkPayload.OffsetDataPrefixSize + run.Length);
+            bytes += ChunkHeadBytes(run) + (run.IsZero ? 0 : run.Length);
         }
         if (bytes > _held.Length - _heldLength)
         {
             return false;
         }
-        Span<byte> held = _held;
         for (int i = 0; i < runs.Length; i++)
         {
             NbdConnection.ReadRun run = runs[i];
-            NbdReplyFlags flags = last && i == runs.Length - 1 ? NbdReplyFlags.Done : NbdReplyFlags.None;
-            ulong runOffset = offset + (ulong)run.Start;
-            if (run.IsZero)
+            _heldLength += WriteChunkHead(_held.AsSpan(_heldLength), handle, offset, run, last && i == runs.Length - 1);
+            if (!run.IsZero)
             {
-                StructuredReplyHeader.Write(held[_heldLength..], flags, NbdReplyType.OffsetHole, handle, ChunkPayload.OffsetHoleSize);
-                _heldLength += StructuredReplyHeader.Size;
-                ChunkPayload.WriteOffsetHole(held[_heldLength..], runOffset, (uint)run.Length);
-                _heldLength += ChunkPayload.OffsetHoleSize;
-            }
-            else
-            {
-                StructuredReplyHeader.Write(held[_heldLength..], flags, NbdReplyType.OffsetData, handle, (uint)(ChunkPayload.OffsetDataPrefixSize + run.Length));
-                _heldLength += StructuredReplyHeader.Size;
-                ChunkPayload.WriteOffsetDataPrefix(held[_heldLength..], runOffset);
-                _heldLength += ChunkPayload.OffsetDataPrefixSize;
-                data.Slice(run.Start, run.Length).CopyTo(held[_heldLength..]);
+                data.Slice(run.Start, run.Length).CopyTo(_held.AsSpan(_heldLength));
                 _heldLength += run.Length;
             }
         }
         return true;
+    }
+
+    /// <summary>Bytes of a READ run's chunk before its data: the header, and the hole's fields or the data's offset.</summary>
+    private static int ChunkHeadBytes(NbdConnection.ReadRun run) =>
+        StructuredReplyHeader.Size + (run.IsZero ? ChunkPayload.OffsetHoleSize : ChunkPayload.OffsetDataPrefixSize);
+
+    /// <summary>
+    /// Writes a READ run's chunk up to its data (<see cref="ChunkHeadBytes"/>): a whole NBD_REPLY_TYPE_OFFSET_HOLE chunk, or
+    /// the header and offset of an NBD_REPLY_TYPE_OFFSET_DATA chunk, flagged done when <paramref name="done"/>.
+    /// </summary>
+    private static int WriteChunkHead(Span<byte> destination, ulong handle, ulong offset, NbdConnection.ReadRun run, bool done)
+    {
+        NbdReplyFlags flags = done ? NbdReplyFlags.Done : NbdReplyFlags.None;
+        ulong runOffset = offset + (ulong)run.Start;
+        if (run.IsZero)
+        {
+            StructuredReplyHeader.Write(destination, flags, NbdReplyType.OffsetHole, handle, ChunkPayload.OffsetHoleSize);
+            ChunkPayload.WriteOffsetHole(destination[StructuredReplyHeader.Size..], runOffset, (uint)run.Length);
+        }
+        else
+        {
+            StructuredReplyHeader.Write(destination, flags, NbdReplyType.OffsetData, handle, (uint)(ChunkPayload.OffsetDataPrefixSize + run.Length));
+            ChunkPayload.WriteOffsetDataPrefix(destination[StructuredReplyHeader.Size..], runOffset);
+        }
+        return ChunkHeadBytes(run);
     }
 
     /// <summary>
