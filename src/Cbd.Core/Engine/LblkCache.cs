@@ -140,9 +140,25 @@ internal sealed class LblkCache
             if (excess <= 0)
                 return;
             excess += MaxCached / EvictionBatchDivisor; // evict in batches, not one entry per miss
-            victims = [.. _entries.Values.Where(e => e.Pins == 0 && !e.Dirty).OrderBy(e => e.LastUse).Take(excess)];
-            foreach (var victim in victims)
-                _entries.Remove(victim.Lblk);
+            // The least recently used of the evictable entries, by one sort of their last uses.
+            var lastUses = new long[_entries.Count];
+            var candidates = new CachedLblk[_entries.Count];
+            int count = 0;
+            foreach (var entry in _entries.Values)
+            {
+                if (entry.Pins == 0 && !entry.Dirty)
+                {
+                    lastUses[count] = entry.LastUse;
+                    candidates[count++] = entry;
+                }
+            }
+            Array.Sort(lastUses, candidates, 0, count);
+            victims = new List<CachedLblk>(Math.Min(excess, count));
+            for (int i = 0; i < victims.Capacity; i++)
+            {
+                victims.Add(candidates[i]);
+                _entries.Remove(candidates[i].Lblk);
+            }
             DebugCheckStructure();
         }
         // Unpinned and unlisted: nobody holds or can reach these entries any more.

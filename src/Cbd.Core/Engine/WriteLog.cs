@@ -51,8 +51,10 @@ internal sealed class WriteLog
     private readonly List<(ulong Before, TaskCompletionSource Done)> _completionWaiters = new();
     private readonly Dictionary<ulong, List<PendingRecord>> _pending = new();
     private readonly Dictionary<ulong, ulong> _lastSeq = new();
-    /// <summary>Every record from the in-memory tail on, in seq order, with its end and whether it is retired.</summary>
-    private readonly Queue<(ulong Seq, long End, int Bytes, uint Epoch)> _records = new();
+    /// <summary>Every record from the in-memory tail on, in seq order, with its end and lblk (<see cref="NoLblk"/> for a pad).</summary>
+    private readonly Queue<(ulong Seq, long End, int Bytes, uint Epoch, ulong Lblk)> _records = new();
+
+    private const ulong NoLblk = ulong.MaxValue;
     private readonly HashSet<ulong> _retired = new();
     private long _memoryTail;
     private ulong _memoryTailSeq;
@@ -170,7 +172,7 @@ internal sealed class WriteLog
         lock (_lock)
         {
             long end = position + header.Bytes;
-            _records.Enqueue((header.Seq, end, header.Bytes, header.Epoch));
+            _records.Enqueue((header.Seq, end, header.Bytes, header.Epoch, header.Kind == LogRecordKind.Pad ? NoLblk : header.Lblk));
             if (header.Kind == LogRecordKind.Pad)
                 _retired.Add(header.Seq);
             else
@@ -251,7 +253,7 @@ internal sealed class WriteLog
                 padSeq = _nextSeq++;
                 int padBytes = (int)(_bytes - _head);
                 _inFlight.Add(padSeq);
-                _records.Enqueue((padSeq, _bytes, padBytes, Epoch));
+                _records.Enqueue((padSeq, _bytes, padBytes, Epoch, NoLblk));
                 _retired.Add(padSeq);
                 _used += padBytes;
                 _head = 0;
@@ -263,7 +265,7 @@ internal sealed class WriteLog
             _inFlight.Add(seq);
             _head += bytes;
             _used += bytes;
-            _records.Enqueue((seq, _head, bytes, Epoch));
+            _records.Enqueue((seq, _head, bytes, Epoch, header.Lblk));
             if (_head == _bytes)
                 _head = 0;
         }
@@ -419,17 +421,20 @@ internal sealed class WriteLog
     /// </summary>
     public List<(ulong Lblk, ulong Seq)> OldestLblks(int max, IReadOnlyDictionary<ulong, ulong>? merging = null)
     {
-        var order = new List<(ulong Seq, ulong Lblk)>();
+        var oldest = new List<(ulong Lblk, ulong Seq)>();
         lock (_lock)
         {
-            foreach (var (lblk, list) in _pending)
+            // The records are in seq order from the tail on, so an lblk's oldest pending record comes up before any other
+            // lblk's younger one: the walk stops after max lblks, where sorting every pending lblk cost a round 3 % of the CPU.
+            foreach (var (seq, _, _, _, lblk) in _records)
             {
-                if (!AwaitsPublication(merging, lblk, list))
-                    order.Add((list[0].Seq, lblk));
+                if (oldest.Count >= max)
+                    break;
+                if (_pending.TryGetValue(lblk, out var list) && list[0].Seq == seq && !AwaitsPublication(merging, lblk, list))
+                    oldest.Add((lblk, seq));
             }
         }
-        order.Sort();
-        return order.Take(max).Select(o => (o.Lblk, o.Seq)).ToList();
+        return oldest;
     }
 
     /// <summary>lblks with at least <paramref name="min"/> pending records, up to <paramref name="max"/> of them, left out as by <see cref="OldestLblks"/>.</summary>
@@ -529,7 +534,7 @@ internal sealed class WriteLog
     {
         while (_records.Count > 0 && _retired.Remove(_records.Peek().Seq))
         {
-            var (seq, end, bytes, _) = _records.Dequeue();
+            var (seq, end, bytes, _, _) = _records.Dequeue();
             _passed.Enqueue((seq, bytes));
             _memoryTail = end == _bytes ? 0 : end;
             _memoryTailSeq = seq + 1;

@@ -234,6 +234,19 @@ public class WriteLogTests
         Assert.Equal([2UL, 9UL, 5UL], log.OldestLblks(10, merging).Select(p => p.Lblk));
     }
 
+    /// <summary>The oldest lblks come in the order of their oldest pending records, each once, at most as many as asked.</summary>
+    [Fact]
+    public async Task The_oldest_lblks_are_those_of_the_oldest_records_each_once()
+    {
+        var store = await FormatAsync();
+        var log = await WriteLog.OpenAsync(store, await Geometry.ReadAsync(store), 1, CancellationToken.None);
+        foreach (ulong lblk in new ulong[] { 5, 2, 5, 9, 2, 7 })
+            await AppendAsync(log, lblk);
+        Assert.Equal([5UL, 2UL, 9UL, 7UL], log.OldestLblks(10).Select(p => p.Lblk));
+        Assert.Equal([5UL, 2UL], log.OldestLblks(2).Select(p => p.Lblk));
+        Assert.Equal(log.OldestPending(9), log.OldestLblks(3)[2].Seq);
+    }
+
     private static async Task<ulong> AppendAsync(WriteLog log, ulong lblk)
     {
         var record = new byte[LogRecord.MaxBytes(LblkSize)];
