@@ -189,10 +189,11 @@ write_space_section() {
   echo "## Space after random writes"
   echo
   echo "After W3, one more fio random 4 KiB write job ($fio_runtime s, fio's random data, ending with a flush) on each"
-  echo "cbd server, left idle until its write log held no record: the data pblks its lbats name against the"
+  echo "cbd server, left idle until its write log held no record and its pblks in use stopped changing (the lblks"
+  echo "written back with the fast codec under pressure recompressed): the data pblks its lbats name against the"
   echo "floor of what its export then held (copied out and measured as the corpus was)."
   echo
-  echo "| server | idle until merged, s | in pblks, MiB | floor, MiB | vs floor |"
+  echo "| server | idle until settled, s | in pblks, MiB | floor, MiB | vs floor |"
   echo "| --- | ---: | ---: | ---: | ---: |"
   local s
   for s in cbd cbd-zstd; do

@@ -50,6 +50,9 @@ public static class MetricsText
         Counter(text, "cbd_cache_hits_total", "lblk accesses served from the cache.", engine.CacheHits);
         Counter(text, "cbd_cache_misses_total", "lblk accesses that looked up the lbat and, for an allocated lblk, read and decompressed it.", engine.CacheMisses);
         Counter(text, "cbd_log_merges_total", "lblks loaded with their write log records to be written back with them.", engine.LogMerges);
+        Counter(text, "cbd_fast_write_backs_total", "lblks written back with the fast codec, merged while the write log was under pressure.", engine.FastWriteBacks);
+        Counter(text, "cbd_recompressions_total", "lblks stored with the fast codec taken to be recompressed with the device's once it was idle.", engine.Recompressions);
+        Gauge(text, "cbd_fast_stored_lblks", "lblks stored with the fast codec, waiting for the device to be idle to be recompressed.", stats.FastStoredLblks);
         Gauge(text, "cbd_dirty_lblks", "lblks in the cache whose newest data is not yet written back.", stats.DirtyLblks);
         Gauge(text, "cbd_log_bytes", "Bytes of the image's write log (0 without one).", stats.LogBytes);
         Gauge(text, "cbd_log_used_bytes", "Bytes of the write log from its tail to its head: records not yet merged, or merged and not yet passed by the tail.", stats.LogUsedBytes);

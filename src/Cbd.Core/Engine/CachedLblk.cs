@@ -1,3 +1,5 @@
+using Cbd.Core.Compression;
+
 namespace Cbd.Core.Engine;
 
 /// <summary>
@@ -43,6 +45,12 @@ internal sealed class CachedLblk(ulong lblk)
     /// it whole. Holds no data, so nothing here can go stale.
     /// </summary>
     public bool PrefixRead;
+
+    /// <summary>
+    /// Merged while the write log was under pressure: write-back stores it with the fast codec (<see cref="Codec.CreateFast"/>),
+    /// and it is recompressed with the device's once the device is idle (<see cref="LblkIo.TakeFastStored"/>).
+    /// </summary>
+    public bool WriteFast;
 
     public int Pins;
     public long LastUse;

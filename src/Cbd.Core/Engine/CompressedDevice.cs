@@ -59,7 +59,7 @@ public sealed partial class CompressedDevice : IBlockDevice
         _space = new SpacePromise(geometry);
         _used = new UsedCounts((long)header.LblkUsed, (long)header.PblkUsed);
         _recovery = new DeviceRecovery(geometry, store, alloc, _used, damage);
-        _io = new LblkIo(geometry, store, _lbat, alloc, _cache.Buffers, codec, _zeroDetect, damage, Counters, log);
+        _io = new LblkIo(geometry, store, _lbat, alloc, _cache.Buffers, codec, log is null ? null : Codec.CreateFast(), _zeroDetect, damage, Counters, log);
         var releaser = new PblkReleaser(alloc, store, options, damage.Log, (long)geometry.TotalDataPblks);
         _pipeline = new CheckpointPipeline(store, _lbat, alloc, releaser, _cache, _io, _used, _recovery, damage, parallelism, options.Fault, Counters,
             log, WriteLogTailAsync);
@@ -67,7 +67,7 @@ public sealed partial class CompressedDevice : IBlockDevice
         _admission = new WriteAdmission(geometry, _cache, _io, alloc, _space, _used, _pipeline, _scheduler, log,
             () => _merger?.WantRoom(), pending => _merger?.Appended(pending), () => _pipeline.Failed ?? _merger?.Stuck);
         if (log is not null && !options.ReadOnly)
-            _merger = new LogMerger(log, _admission, _pipeline, damage, WriteLogTailAsync, options.FlushDelay, _cache.WriteBackThreshold,
+            _merger = new LogMerger(log, _admission, _io, _pipeline, damage, WriteLogTailAsync, options.FlushDelay, _cache.WriteBackThreshold,
                 _cache.ThrottleThreshold - 1, parallelism, Counters);
     }
 
@@ -141,7 +141,7 @@ public sealed partial class CompressedDevice : IBlockDevice
         int dirty = _cache.DirtyCount;
         return new DeviceStats(Size, _lblkSize, (long)_geometry.NrLblks, Interlocked.Read(ref _used.Lblks),
             (long)_geometry.TotalDataPblks, Interlocked.Read(ref _used.Pblks), dirty,
-            _log?.Bytes ?? 0, _log?.Used ?? 0, _log?.PendingLblks ?? 0);
+            _log?.Bytes ?? 0, _log?.Used ?? 0, _log?.PendingLblks ?? 0, _io.FastStoredCount);
     }
 
     // ---- reads ----

@@ -10,6 +10,8 @@ public sealed class EngineCounters
     private long _cacheHits;
     private long _cacheMisses;
     private long _logMerges;
+    private long _fastWriteBacks;
+    private long _recompressions;
 
     /// <summary>Accesses to an lblk (a read, a partial write, a prefetch) that found it in the cache, decompressed.</summary>
     public long CacheHits => Volatile.Read(ref _cacheHits);
@@ -20,10 +22,20 @@ public sealed class EngineCounters
     /// <summary>lblks loaded with their write log records to be written back with them (each one compression for all it gathered).</summary>
     public long LogMerges => Volatile.Read(ref _logMerges);
 
+    /// <summary>lblks written back with the fast codec, merged while the write log was under pressure.</summary>
+    public long FastWriteBacks => Volatile.Read(ref _fastWriteBacks);
+
+    /// <summary>lblks stored with the fast codec that an idle device took to recompress with its own.</summary>
+    public long Recompressions => Volatile.Read(ref _recompressions);
+
     /// <summary>Checkpoints committed, each from the start of its write-back to its commit; its count is the number of checkpoints.</summary>
     public DurationHistogram Checkpoints { get; } = new(DurationHistogram.CheckpointBounds);
 
     internal void CountMerge() => Interlocked.Increment(ref _logMerges);
+
+    internal void CountFastWriteBack() => Interlocked.Increment(ref _fastWriteBacks);
+
+    internal void CountRecompression() => Interlocked.Increment(ref _recompressions);
 
     internal void CountLookup(bool hit) => Interlocked.Increment(ref hit ? ref _cacheHits : ref _cacheMisses);
 }

@@ -88,9 +88,10 @@ public readonly record struct BlockExtent(long Length, bool IsHole, bool IsZero)
 /// <param name="LogBytes">Bytes of the write log (0 without one).</param>
 /// <param name="LogUsedBytes">Bytes of the log from its tail to its head: records not yet merged, or merged and not yet passed by the tail.</param>
 /// <param name="LogPendingLblks">lblks with log records not yet merged into them.</param>
+/// <param name="FastStoredLblks">lblks written back with the fast codec under write pressure, to be recompressed when the device is idle.</param>
 public readonly record struct DeviceStats(
     long LogicalBytes, int LblkSize, long LblksTotal, long LblksUsed, long PblksTotal, long PblksUsed, long DirtyLblks,
-    long LogBytes = 0, long LogUsedBytes = 0, long LogPendingLblks = 0)
+    long LogBytes = 0, long LogUsedBytes = 0, long LogPendingLblks = 0, long FastStoredLblks = 0)
 {
     /// <summary>Bytes of data pblks in use.</summary>
     public long PhysicalBytesUsed => PblksUsed * Format.Layout.PblkSize;

@@ -20,14 +20,19 @@ internal sealed class LblkIo
     private readonly Allocator _alloc;
     private readonly LblkBufferPool _buffers;
     private readonly Codec _codec;
+    private readonly Codec? _fastCodec;
     private readonly bool _zeroDetect;
     private readonly DamageLog _damage;
     private readonly int _lblkSize;
     private readonly WriteLog? _log;
 
-    public LblkIo(Geometry geometry, IBackingStore store, LbatCache lbat, Allocator alloc, LblkBufferPool buffers, Codec codec, bool zeroDetect, DamageLog damage, EngineCounters counters,
-        WriteLog? log)
+    /// <summary>lblks whose last write-back used the fast codec, to be recompressed when the device is idle. Guarded by itself.</summary>
+    private readonly HashSet<ulong> _fastStored = [];
+
+    public LblkIo(Geometry geometry, IBackingStore store, LbatCache lbat, Allocator alloc, LblkBufferPool buffers, Codec codec, Codec? fastCodec, bool zeroDetect,
+        DamageLog damage, EngineCounters counters, WriteLog? log)
     {
+        _fastCodec = fastCodec;
         _log = log;
         _counters = counters;
         _geometry = geometry;
@@ -245,6 +250,31 @@ internal sealed class LblkIo
         }
     }
 
+    /// <summary>lblks stored with the fast codec by their last write-back.</summary>
+    public int FastStoredCount
+    {
+        get
+        {
+            lock (_fastStored)
+                return _fastStored.Count;
+        }
+    }
+
+    /// <summary>
+    /// Takes up to <paramref name="max"/> lblks stored with the fast codec, for recompression: each is back in the set if it is
+    /// written back fast again, and out of it for good if its recompression does not happen (it stays readable as it is).
+    /// </summary>
+    public List<ulong> TakeFastStored(int max)
+    {
+        lock (_fastStored)
+        {
+            var taken = _fastStored.Take(max).ToList();
+            foreach (ulong lblk in taken)
+                _fastStored.Remove(lblk);
+            return taken;
+        }
+    }
+
     /// <summary>Compresses one dirty lblk and writes it to newly allocated pblks; null when it is no longer dirty.</summary>
     public async ValueTask<WrittenBack?> WriteBackAsync(CachedLblk entry, CancellationToken cancellationToken)
     {
@@ -267,6 +297,7 @@ internal sealed class LblkIo
             reserved = entry.ReservedPblks;
             entry.ReservedPblks = 0;
             var data = entry.IsZero ? default : entry.Data.AsSpan(0, _lblkSize);
+            bool fast = false;
             if (entry.IsZero || StoredLblk.StoresAsUnallocated(data, _zeroDetect))
             {
                 length = 0;
@@ -274,8 +305,19 @@ internal sealed class LblkIo
             else
             {
                 stored = _buffers.Rent();
-                var form = StoredLblk.Encode(format, _codec, entry.Lblk, data, stored);
+                fast = entry.WriteFast && _fastCodec is not null;
+                var form = StoredLblk.Encode(format, fast ? _fastCodec! : _codec, entry.Lblk, data, stored);
                 (length, crc) = (form.Length, form.Crc);
+            }
+            // Under the entry's lock, so the set follows write-backs of one lblk in version order.
+            if (fast)
+                _counters.CountFastWriteBack();
+            lock (_fastStored)
+            {
+                if (fast)
+                    _fastStored.Add(entry.Lblk);
+                else
+                    _fastStored.Remove(entry.Lblk);
             }
         }
         finally

@@ -4,13 +4,19 @@ namespace Cbd.Core.Engine;
 /// Merges the write log's records into their lblks (docs/FORMAT.md, "The write log"): each merge loads an lblk with its
 /// pending records applied and marks it dirty (<see cref="WriteAdmission.MergeAsync"/>), so one compression covers every
 /// record it gathered; the checkpoint that writes it back retires the records, and the tail moves on. It merges the
-/// lblks whose records are oldest when the log is three quarters full (or a writer waits for room), every lblk when no record
-/// was appended for the flush delay, and an lblk at once when it gathers <see cref="MaxRecordsPerLblk"/> records.
+/// lblks whose records are oldest when the log is three quarters full (or a writer waits for room), every lblk when no write
+/// came for the flush delay, and an lblk at once when it gathers <see cref="MaxRecordsPerLblk"/> records.
 /// </summary>
 /// <remarks>
 /// Rounds overlap: a round's checkpoint is started, and its publication and commit go on while the next round loads
 /// other lblks (an lblk merged and not yet published is left out, <see cref="_merging"/>). Waiting for each round's
 /// commit left the CPU idle through two fsyncs a round while writers waited for room in the log.
+/// <para>
+/// Under pressure (the log that full, or a writer waiting), merged lblks are written back with the fast codec
+/// (<see cref="CachedLblk.WriteFast"/>): writes then outrun compression, which was three quarters of the CPU random 4 KiB
+/// writes cost. Once the device is idle, with every record merged, the lblks so stored are recompressed with the device's
+/// codec, a batch a round, as zram recompresses its idle pages; a write stops that until the device is idle again.
+/// </para>
 /// </remarks>
 internal sealed class LogMerger
 {
@@ -26,11 +32,12 @@ internal sealed class LogMerger
 
     private bool IsFull => _log.Used >= _log.Bytes * MergeFrom;
 
-    /// <summary>No record appended for the idle delay (the flush delay).</summary>
-    private bool IsIdle => Environment.TickCount64 - Interlocked.Read(ref _lastAppend) >= (long)_idleDelay.TotalMilliseconds;
+    /// <summary>No write for the idle delay (the flush delay).</summary>
+    private bool IsIdle => Environment.TickCount64 - Math.Max(Interlocked.Read(ref _lastAppend), _admission.LastWrite) >= (long)_idleDelay.TotalMilliseconds;
 
     private readonly WriteLog _log;
     private readonly WriteAdmission _admission;
+    private readonly LblkIo _io;
     private readonly CheckpointPipeline _pipeline;
     private readonly DamageLog _damage;
     private readonly Func<LogTail, CancellationToken, ValueTask> _writeTail;
@@ -52,13 +59,14 @@ internal sealed class LogMerger
     private readonly Dictionary<ulong, ulong> _merging = [];
     private volatile Exception? _stuck;
 
-    public LogMerger(WriteLog log, WriteAdmission admission, CheckpointPipeline pipeline, DamageLog damage,
+    public LogMerger(WriteLog log, WriteAdmission admission, LblkIo io, CheckpointPipeline pipeline, DamageLog damage,
         Func<LogTail, CancellationToken, ValueTask> writeTail, TimeSpan idleDelay, int batch, int closingBatch, int parallelism, EngineCounters counters)
     {
         _counters = counters;
         _closingBatch = Math.Max(1, closingBatch);
         _log = log;
         _admission = admission;
+        _io = io;
         _pipeline = pipeline;
         _damage = damage;
         _writeTail = writeTail;
@@ -119,7 +127,7 @@ internal sealed class LogMerger
             await _pipeline.CheckpointAsync(_pipeline.Started, cancellationToken).ConfigureAwait(false);
             try
             {
-                await MergeRoundAsync(_log.OldestLblks(_closingBatch), cancellationToken).ConfigureAwait(false);
+                await MergeRoundAsync(_log.OldestLblks(_closingBatch), fast: false, cancellationToken).ConfigureAwait(false);
             }
             catch (OutOfSpaceException)
             {
@@ -145,7 +153,7 @@ internal sealed class LogMerger
                 await _kick.WaitAsync(tick, token).ConfigureAwait(false);
                 if (_pipeline.Failed is not null || _log.Failed is not null)
                     return;
-                var (lblks, oldest) = Choose();
+                var (lblks, oldest, fast) = Choose();
                 if (lblks.Count == 0)
                 {
                     // Every lblk left to merge waits for its publication: wait for it, rather than for the next tick.
@@ -154,9 +162,15 @@ internal sealed class LogMerger
                         await _pipeline.CheckpointAsync(_pipeline.Started, token).ConfigureAwait(false);
                         Kick();
                     }
+                    else if (_log.PendingLblks == 0 && IsIdle && _io.FastStoredCount > 0)
+                    {
+                        await RecompressRoundAsync(token).ConfigureAwait(false);
+                        await _pipeline.CheckpointAsync(_pipeline.Started, token, waitForCommit: false).ConfigureAwait(false);
+                        Kick();
+                    }
                     continue;
                 }
-                await MergeRoundAsync(lblks, token).ConfigureAwait(false);
+                await MergeRoundAsync(lblks, fast, token).ConfigureAwait(false);
                 _stuck = null;
                 // The round's lblks are written back now; their publication and commit, which move the tail, go on behind.
                 await _pipeline.CheckpointAsync(_pipeline.Started, token, waitForCommit: false).ConfigureAwait(false);
@@ -188,9 +202,9 @@ internal sealed class LogMerger
 
     /// <summary>
     /// What to merge now: the oldest lblks when the log is full enough, a writer waits for room or writes have stopped
-    /// (then <c>Oldest</c>), else lblks with many records.
+    /// (then <c>Oldest</c>), else lblks with many records; <c>Fast</c> under pressure, in the first two cases.
     /// </summary>
-    private (List<(ulong Lblk, ulong Seq)> Lblks, bool Oldest) Choose()
+    private (List<(ulong Lblk, ulong Seq)> Lblks, bool Oldest, bool Fast) Choose()
     {
         // Published since they were merged: their oldest record then is no longer pending.
         foreach (var (lblk, seq) in _merging)
@@ -199,17 +213,18 @@ internal sealed class LogMerger
                 _merging.Remove(lblk);
         }
         if (_log.PendingLblks == 0)
-            return ([], false);
+            return ([], false, false);
         // While a writer waits for room, every round frees the oldest records, not only the one its request kicked: that
         // round may have found every oldest lblk awaiting its publication, and a record can need more room than the log has
         // below the fill from which it merges on its own.
-        if (_log.WritersWaiting || IsFull || IsIdle)
-            return (_log.OldestLblks(_batch, _merging), true);
-        return (_log.LblksWithRecords(MaxRecordsPerLblk, _batch, _merging), false);
+        bool pressure = _log.WritersWaiting || IsFull;
+        if (pressure || IsIdle)
+            return (_log.OldestLblks(_batch, _merging), true, pressure);
+        return (_log.LblksWithRecords(MaxRecordsPerLblk, _batch, _merging), false, false);
     }
 
     /// <summary>Merges <paramref name="lblks"/>, and notes each merged in <see cref="_merging"/>.</summary>
-    private async Task MergeRoundAsync(List<(ulong Lblk, ulong Seq)> lblks, CancellationToken cancellationToken)
+    private async Task MergeRoundAsync(List<(ulong Lblk, ulong Seq)> lblks, bool fast, CancellationToken cancellationToken)
     {
         OutOfSpaceException? full = null;
         var done = new System.Collections.Concurrent.ConcurrentQueue<(ulong, ulong)>();
@@ -219,7 +234,7 @@ internal sealed class LogMerger
                 ulong lblk = pick.Lblk;
                 try
                 {
-                    await _admission.MergeAsync(lblk, token).ConfigureAwait(false);
+                    await _admission.MergeAsync(lblk, fast, token).ConfigureAwait(false);
                     _counters.CountMerge();
                     done.Enqueue(pick);
                 }
@@ -238,6 +253,26 @@ internal sealed class LogMerger
             _merging[lblk] = seq;
         if (done.IsEmpty && full is not null)
             throw full;
+    }
+
+    /// <summary>
+    /// Marks a batch of the lblks stored with the fast codec dirty, to be written back with the device's. One that cannot be
+    /// (damaged, or no space for its write-back now) stays as it is stored, readable.
+    /// </summary>
+    private async Task RecompressRoundAsync(CancellationToken cancellationToken)
+    {
+        await Parallel.ForEachAsync(_io.TakeFastStored(_batch), new ParallelOptions { MaxDegreeOfParallelism = _parallelism, CancellationToken = cancellationToken },
+            async (lblk, token) =>
+            {
+                try
+                {
+                    await _admission.RecompressAsync(lblk, token).ConfigureAwait(false);
+                    _counters.CountRecompression();
+                }
+                catch (Exception e) when (e is LblkCorruptException or OutOfSpaceException)
+                {
+                }
+            }).ConfigureAwait(false);
     }
 
     private async ValueTask DropAsync(ulong lblk, CancellationToken cancellationToken)

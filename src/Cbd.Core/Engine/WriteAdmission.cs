@@ -70,21 +70,46 @@ internal sealed class WriteAdmission
     /// </summary>
     public async ValueTask ModifyAsync(ulong lblk, int within, ReadOnlyMemory<byte> data, bool zero, CancellationToken cancellationToken, int zeroLength = -1)
     {
+        Volatile.Write(ref _lastWrite, Environment.TickCount64);
         while (true)
         {
             if (_log is not null && await TryLogAsync(lblk, within, data, zero, zeroLength, cancellationToken).ConfigureAwait(false))
                 return;
-            if (await ModifyCachedAsync(lblk, within, data, zero, merge: false, cancellationToken, zeroLength).ConfigureAwait(false))
+            if (await ModifyCachedAsync(lblk, within, data, zero, Rewrite.None, cancellationToken, zeroLength).ConfigureAwait(false))
                 return;
         }
     }
+
+    /// <summary>When the last change began (<see cref="Environment.TickCount64"/>): the merger waits for a pause in writes.</summary>
+    public long LastWrite => Volatile.Read(ref _lastWrite);
+
+    private long _lastWrite = Environment.TickCount64;
 
     /// <summary>
     /// A merge (docs/FORMAT.md, "The write log"): the lblk is loaded with its pending records applied and marked dirty, so
     /// that the next checkpoint writes it back with them, and the log's tail can then pass them.
     /// </summary>
-    public async ValueTask MergeAsync(ulong lblk, CancellationToken cancellationToken) =>
-        await ModifyCachedAsync(lblk, 0, ReadOnlyMemory<byte>.Empty, zero: false, merge: true, cancellationToken).ConfigureAwait(false);
+    /// <paramref name="fast"/>: the log is under pressure, and the lblk is written back with the fast codec
+    /// (<see cref="CachedLblk.WriteFast"/>).
+    public async ValueTask MergeAsync(ulong lblk, bool fast, CancellationToken cancellationToken) =>
+        await ModifyCachedAsync(lblk, 0, ReadOnlyMemory<byte>.Empty, zero: false, fast ? Rewrite.FastMerge : Rewrite.Merge, cancellationToken).ConfigureAwait(false);
+
+    /// <summary>
+    /// A recompression: an lblk stored with the fast codec (<see cref="LblkIo.TakeFastStored"/>) is loaded and marked dirty,
+    /// so that the next checkpoint writes it back with the device's codec (nothing is done when it is dirty already with a
+    /// change: that write-back does it). One trimmed meanwhile is written back as it is now, unallocated.
+    /// </summary>
+    public async ValueTask RecompressAsync(ulong lblk, CancellationToken cancellationToken) =>
+        await ModifyCachedAsync(lblk, 0, ReadOnlyMemory<byte>.Empty, zero: false, Rewrite.Recompress, cancellationToken).ConfigureAwait(false);
+
+    /// <summary>What <see cref="ModifyCachedAsync"/> does: a change, or a rewrite of the lblk's contents as they are.</summary>
+    private enum Rewrite
+    {
+        None,
+        Merge,
+        FastMerge,
+        Recompress,
+    }
 
     /// <summary>
     /// With a write log, a change goes there as a record unless it covers its whole lblk and the lblk has no record a
@@ -155,11 +180,12 @@ internal sealed class WriteAdmission
     }
 
     /// <summary>
-    /// A change taken into the cache, or a merge (<paramref name="merge"/>: nothing changes, the lblk is loaded with its
+    /// A change taken into the cache, or a rewrite (<paramref name="rewrite"/>: nothing changes, the lblk is loaded with its
     /// records and marked dirty). False when, under the entry's lock, the change turns out to belong in the log.
     /// </summary>
-    private async ValueTask<bool> ModifyCachedAsync(ulong lblk, int within, ReadOnlyMemory<byte> data, bool zero, bool merge, CancellationToken cancellationToken, int zeroLength = -1)
+    private async ValueTask<bool> ModifyCachedAsync(ulong lblk, int within, ReadOnlyMemory<byte> data, bool zero, Rewrite rewrite, CancellationToken cancellationToken, int zeroLength = -1)
     {
+        bool merge = rewrite != Rewrite.None;
         await ThrottleAsync(cancellationToken).ConfigureAwait(false);
         int pblksPerLblk = _geometry.Alloc.PblksPerLblk;
         var entry = _cache.Pin(lblk);
@@ -181,8 +207,10 @@ internal sealed class WriteAdmission
                 byte[]? undo = null;
                 try
                 {
-                    if (merge && !_log!.HasPending(lblk))
+                    if (rewrite is Rewrite.Merge or Rewrite.FastMerge && !_log!.HasPending(lblk))
                         return true; // merged meanwhile
+                    if (rewrite == Rewrite.Recompress && entry.Dirty && !entry.WriteFast)
+                        return true; // its coming write-back recompresses it
                     // A replay would apply the lblk's live records over a stored form that holds this change: it must be logged too.
                     if (!merge && _log is not null && !entry.Unlogged && !_pipeline.HoldsUnlogged(lblk) && _log.IsLive(lblk) &&
                         !(_pipeline.Fault == CheckpointFault.WholeWriteOverLiveRecords && (zero || (zeroLength >= 0 ? zeroLength : data.Length) == _lblkSize)))
@@ -223,6 +251,7 @@ internal sealed class WriteAdmission
                             entry.ReservedPblks += extra;
                     }
                     entry.Version++;
+                    entry.WriteFast = rewrite == Rewrite.FastMerge;
                     if (!merge && _log is not null)
                         entry.Unlogged = true;
                     // The injected bug takes a whole write as superseding the lblk's records, so its write-back retires them.
