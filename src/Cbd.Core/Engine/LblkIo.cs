@@ -305,7 +305,9 @@ internal sealed class LblkIo
             else
             {
                 stored = _buffers.Rent();
-                fast = entry.WriteFast && _fastCodec is not null;
+                // Only under a whole lblk's reservation: one measured on a nearly full device covers what the device's codec
+                // gives, and the fast codec's output may be larger.
+                fast = entry.WriteFast && _fastCodec is not null && reserved >= format.PblksPerLblk;
                 var form = StoredLblk.Encode(format, fast ? _fastCodec! : _codec, entry.Lblk, data, stored);
                 (length, crc) = (form.Length, form.Crc);
             }
