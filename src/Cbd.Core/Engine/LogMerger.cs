@@ -4,8 +4,8 @@ namespace Cbd.Core.Engine;
 /// Merges the write log's records into their lblks (docs/FORMAT.md, "The write log"): each merge loads an lblk with its
 /// pending records applied and marks it dirty (<see cref="WriteAdmission.MergeAsync"/>), so one compression covers every
 /// record it gathered; the checkpoint that writes it back retires the records, and the tail moves on. It merges the
-/// lblks whose records are oldest when the log is three quarters full (or a writer waits for room), every lblk when no write
-/// came for the flush delay, and an lblk at once when it gathers <see cref="MaxRecordsPerLblk"/> records.
+/// lblks whose records are oldest when the log is three quarters full (or a writer waits for room), every lblk when no record
+/// was appended for the flush delay, and an lblk at once when it gathers <see cref="MaxRecordsPerLblk"/> records.
 /// </summary>
 /// <remarks>
 /// Rounds overlap: a round's checkpoint is started, and its publication and commit go on while the next round loads
@@ -15,7 +15,8 @@ namespace Cbd.Core.Engine;
 /// Under pressure (the log that full, or a writer waiting), merged lblks are written back with the fast codec
 /// (<see cref="CachedLblk.WriteFast"/>): writes then outrun compression, which was three quarters of the CPU random 4 KiB
 /// writes cost. Once the device is idle, with every record merged, the lblks so stored are recompressed with the device's
-/// codec, a batch a round, as zram recompresses its idle pages; a write stops that until the device is idle again.
+/// codec, a batch a round, as zram recompresses its idle pages, once no write of any kind came for the flush delay; a
+/// write stops that until the device is idle again.
 /// </para>
 /// </remarks>
 internal sealed class LogMerger
@@ -32,8 +33,11 @@ internal sealed class LogMerger
 
     private bool IsFull => _log.Used >= _log.Bytes * MergeFrom;
 
-    /// <summary>No write for the idle delay (the flush delay).</summary>
-    private bool IsIdle => Environment.TickCount64 - Math.Max(Interlocked.Read(ref _lastAppend), _admission.LastWrite) >= (long)_idleDelay.TotalMilliseconds;
+    /// <summary>No record appended for the idle delay (the flush delay).</summary>
+    private bool IsIdle => Environment.TickCount64 - Interlocked.Read(ref _lastAppend) >= (long)_idleDelay.TotalMilliseconds;
+
+    /// <summary>No write of any kind for the idle delay: recompression waits for that, so as not to slow a copy of whole lblks.</summary>
+    private bool IsQuiet => IsIdle && Environment.TickCount64 - _admission.LastWrite >= (long)_idleDelay.TotalMilliseconds;
 
     private readonly WriteLog _log;
     private readonly WriteAdmission _admission;
@@ -162,7 +166,7 @@ internal sealed class LogMerger
                         await _pipeline.CheckpointAsync(_pipeline.Started, token).ConfigureAwait(false);
                         Kick();
                     }
-                    else if (_log.PendingLblks == 0 && IsIdle && _io.FastStoredCount > 0)
+                    else if (_log.PendingLblks == 0 && IsQuiet && _io.FastStoredCount > 0)
                     {
                         await RecompressRoundAsync(token).ConfigureAwait(false);
                         await _pipeline.CheckpointAsync(_pipeline.Started, token, waitForCommit: false).ConfigureAwait(false);
