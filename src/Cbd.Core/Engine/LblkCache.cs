@@ -153,8 +153,9 @@ internal sealed class LblkCache
                 }
             }
             Array.Sort(lastUses, candidates, 0, count);
-            victims = new List<CachedLblk>(Math.Min(excess, count));
-            for (int i = 0; i < victims.Capacity; i++)
+            int evict = Math.Min(excess, count);
+            victims = new List<CachedLblk>(evict);
+            for (int i = 0; i < evict; i++)
             {
                 victims.Add(candidates[i]);
                 _entries.Remove(candidates[i].Lblk);

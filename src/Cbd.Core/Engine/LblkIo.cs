@@ -311,15 +311,18 @@ internal sealed class LblkIo
                 var form = StoredLblk.Encode(format, fast ? _fastCodec! : _codec, entry.Lblk, data, stored);
                 (length, crc) = (form.Length, form.Crc);
             }
-            // Under the entry's lock, so the set follows write-backs of one lblk in version order.
-            if (fast)
-                _counters.CountFastWriteBack();
-            lock (_fastStored)
+            // Under the entry's lock, so the set follows write-backs of one lblk in version order. Without a fast codec it stays empty.
+            if (_fastCodec is not null)
             {
                 if (fast)
-                    _fastStored.Add(entry.Lblk);
-                else
-                    _fastStored.Remove(entry.Lblk);
+                    _counters.CountFastWriteBack();
+                lock (_fastStored)
+                {
+                    if (fast)
+                        _fastStored.Add(entry.Lblk);
+                    else
+                        _fastStored.Remove(entry.Lblk);
+                }
             }
         }
         finally

@@ -38,8 +38,11 @@ internal sealed class LogMerger
     /// <summary>No record appended for the idle delay (the flush delay).</summary>
     private bool IsIdle => Environment.TickCount64 - Interlocked.Read(ref _lastAppend) >= (long)_idleDelay.TotalMilliseconds;
 
-    /// <summary>No write of any kind for the idle delay: recompression waits for that, so as not to slow a copy of whole lblks.</summary>
-    private bool IsQuiet => IsIdle && Environment.TickCount64 - _admission.LastWrite >= (long)_idleDelay.TotalMilliseconds;
+    /// <summary>
+    /// No write of any kind for the idle delay (an append is a write too): recompression waits for that, so as not to slow a
+    /// copy of whole lblks.
+    /// </summary>
+    private bool IsQuiet => Environment.TickCount64 - _admission.LastWrite >= (long)_idleDelay.TotalMilliseconds;
 
     private readonly WriteLog _log;
     private readonly WriteAdmission _admission;
