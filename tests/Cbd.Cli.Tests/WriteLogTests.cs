@@ -74,7 +74,7 @@ public class WriteLogTests
         Assert.Equal(JsonValueKind.Null, (await JsonAsync(0, "info", old)).GetProperty("log").ValueKind);
         var oldText = await CbdTool.RunAsync(0, "info", old);
         Assert.Contains("format version 1.0", oldText.StandardOutput);
-        Assert.Contains("write log          none (format version 1.0); cbd format --log-size makes an image with one (format version 1.1)",
+        Assert.Contains("write log          none (format version 1.0); cbd format --log-size makes an image with one (format version 1.2)",
             oldText.StandardOutput);
     }
 

@@ -47,7 +47,7 @@ public class FormatDocumentTests
         Assert.Equal(892.5, Math.Round(g.TotalDataPblks * 4096 / (double)(1 << 20), 1));
         Assert.Equal(0.34, Math.Round(100.0 * (7 * 127 + 1) / g.NrPblks, 2));
 
-        Assert.Equal((1, 1), ((int)header.VersionMajor, (int)header.VersionMinor));
+        Assert.Equal((1, 2), ((int)header.VersionMajor, (int)header.VersionMinor));
         Assert.NotEqual(0UL, header.LogId);
         Assert.Equal((0UL, 0UL, 0u), (header.LogTail, header.LogSeq, header.LogEpoch));
     }

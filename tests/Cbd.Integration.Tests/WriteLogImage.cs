@@ -42,7 +42,7 @@ public static class WriteLogImage
     }
 
     /// <summary>
-    /// Fails unless <c>cbd info --json</c> calls the image format version 1.1 and its header gives it a log of
+    /// Fails unless <c>cbd info --json</c> calls the image format version 1.1 or 1.2 and its header gives it a log of
     /// <paramref name="expectedBytes"/> bytes (any size when null): a test of the log must not pass on a 1.0 image.
     /// </summary>
     public static async Task<WriteLogState> AssertHasLogAsync(string image, long? expectedBytes = null)
@@ -50,8 +50,8 @@ public static class WriteLogImage
         ExternalTool.Result info = await ExternalTool.RunAsync(CbdServer.Executable, ["info", "--json", "--quiet", image]);
         using JsonDocument json = JsonDocument.Parse(info.StandardOutput);
         JsonElement header = json.RootElement.GetProperty("header");
-        Assert.True(header.GetProperty("version_major").GetInt32() == 1 && header.GetProperty("version_minor").GetInt32() == 1,
-            $"not a format 1.1 image (one with a write log): {info}");
+        Assert.True(header.GetProperty("version_major").GetInt32() == 1 && header.GetProperty("version_minor").GetInt32() is 1 or 2,
+            $"not a format 1.1 or 1.2 image (one with a write log): {info}");
         WriteLogState state = await ReadAsync(image);
         Assert.True(state.LogBytes > 0, $"{image}: the header has no log: {state}");
         if (expectedBytes is { } bytes)

@@ -7,7 +7,7 @@ namespace Cbd.Cli.Output;
 public static class LogText
 {
     /// <summary>What info says of an image without a log, and how to get one.</summary>
-    public const string None = "none (format version 1.0); cbd format --log-size makes an image with one (format version 1.1)";
+    public const string None = "none (format version 1.0); cbd format --log-size makes an image with one (format version 1.2)";
 
     public static LogJson? ToJson(LogSummary? log) => log is null ? null : new LogJson(
         log.LogBytes,

@@ -51,6 +51,7 @@ public static class MetricsText
         Counter(text, "cbd_cache_misses_total", "lblk accesses that looked up the lbat and, for an allocated lblk, read and decompressed it.", engine.CacheMisses);
         Counter(text, "cbd_log_merges_total", "lblks loaded with their write log records to be written back with them.", engine.LogMerges);
         Counter(text, "cbd_fast_write_backs_total", "lblks written back with the fast codec, merged while the write log was under pressure.", engine.FastWriteBacks);
+        Counter(text, "cbd_patched_write_backs_total", "Of the fast write-backs, lblks stored patched: their merged records written as patches over the stored form they had.", engine.Patches);
         Counter(text, "cbd_recompressions_total", "lblks stored with the fast codec taken to be recompressed with the device's once it was idle.", engine.Recompressions);
         Gauge(text, "cbd_fast_stored_lblks", "lblks stored with the fast codec, waiting for the device to be idle to be recompressed.", stats.FastStoredLblks);
         Gauge(text, "cbd_dirty_lblks", "lblks in the cache whose newest data is not yet written back.", stats.DirtyLblks);

@@ -52,6 +52,14 @@ internal sealed class CachedLblk(ulong lblk)
     /// </summary>
     public bool WriteFast;
 
+    /// <summary>
+    /// Merged under pressure from clean: the patch area its write-back stores over its stored form
+    /// (<see cref="LblkIo.TryPreparePatchAsync"/>, docs/FORMAT.md "Patched lblks"), instead of loading and compressing
+    /// it. Only on a dirty entry; a load, or any change but a log record, drops it, and write-back then compresses the lblk
+    /// whole. Records appended after it stay pending for the next merge.
+    /// </summary>
+    public PreparedPatch? Patch;
+
     public int Pins;
     public long LastUse;
 }

@@ -8,7 +8,8 @@ namespace Cbd.Core.Engine;
 /// One lblk written back by step 2: the version written, the entry that now describes it, and the seq below which its
 /// log records are in it (<see cref="CachedLblk.LogApplied"/>).
 /// </summary>
-internal sealed record WrittenBack(CachedLblk Entry, long Version, LblkAlloc Alloc, ulong LogApplied);
+/// <see cref="Kept"/>: the pblks of the entry it replaces that the new one keeps (a patched lblk's base), else empty.
+internal sealed record WrittenBack(CachedLblk Entry, long Version, LblkAlloc Alloc, ulong LogApplied, ulong[]? Kept = null);
 
 /// <summary>
 /// The checkpoint protocol: the write order of docs/FORMAT.md, "Consistency", whose step numbers it uses.
@@ -265,7 +266,18 @@ internal sealed class CheckpointPipeline
                 await _lbat.WriteAsync(result.Entry.Lblk, result.Alloc, ct).ConfigureAwait(false);
                 // The entry now holds the lblk's records below LogApplied: a reload applies only the later ones.
                 _log?.TakeMerged(result.Entry.Lblk, result.LogApplied, merged);
-                freed.AddRange(old.Pblks);
+                // A patched entry keeps its base's pblks: only those the new entry no longer names are freed. It was made from
+                // the entry published now (no other write-back of the lblk can come between), which must still name them.
+                if (result.Kept is { } kept)
+                {
+                    foreach (ulong pblk in kept)
+                        Invariant.Check(old.Pblks.Memory.Span.Contains(pblk), $"lblk {result.Entry.Lblk}: patched over pblk {pblk}, which its published entry no longer names");
+                }
+                foreach (ulong pblk in old.Pblks)
+                {
+                    if (!result.Alloc.Pblks.Memory.Span.Contains(pblk))
+                        freed.Add(pblk);
+                }
                 Interlocked.Add(ref _used.Lblks, (result.Alloc.IsAllocated ? 1 : 0) - (old.IsAllocated ? 1 : 0));
                 Interlocked.Add(ref _used.Pblks, result.Alloc.Pblks.Length - old.Pblks.Length);
             }

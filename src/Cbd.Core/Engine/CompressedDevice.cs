@@ -59,7 +59,8 @@ public sealed partial class CompressedDevice : IBlockDevice
         _space = new SpacePromise(geometry);
         _used = new UsedCounts((long)header.LblkUsed, (long)header.PblkUsed);
         _recovery = new DeviceRecovery(geometry, store, alloc, _used, damage);
-        _io = new LblkIo(geometry, store, _lbat, alloc, _cache.Buffers, codec, log is null ? null : Codec.CreateFast(), _zeroDetect, damage, Counters, log);
+        _io = new LblkIo(geometry, store, _lbat, alloc, _cache.Buffers, codec, log is null ? null : Codec.CreateFast(), _zeroDetect, damage, Counters, log,
+            patching: geometry.Header.VersionMinor >= Header.PatchedVersionMinor);
         var releaser = new PblkReleaser(alloc, store, options, damage.Log, (long)geometry.TotalDataPblks);
         _pipeline = new CheckpointPipeline(store, _lbat, alloc, releaser, _cache, _io, _used, _recovery, damage, parallelism, options.Fault, Counters,
             log, WriteLogTailAsync);

@@ -11,6 +11,7 @@ public sealed class EngineCounters
     private long _cacheMisses;
     private long _logMerges;
     private long _fastWriteBacks;
+    private long _patches;
     private long _recompressions;
 
     /// <summary>Accesses to an lblk (a read, a partial write, a prefetch) that found it in the cache, decompressed.</summary>
@@ -25,6 +26,12 @@ public sealed class EngineCounters
     /// <summary>lblks written back with the fast codec, merged while the write log was under pressure.</summary>
     public long FastWriteBacks => Volatile.Read(ref _fastWriteBacks);
 
+    /// <summary>
+    /// Of <see cref="FastWriteBacks"/>, those stored patched: their records written as patches over the stored form they had,
+    /// nothing decompressed or compressed (docs/FORMAT.md, "Patched lblks").
+    /// </summary>
+    public long Patches => Volatile.Read(ref _patches);
+
     /// <summary>lblks stored with the fast codec that an idle device took to recompress with its own.</summary>
     public long Recompressions => Volatile.Read(ref _recompressions);
 
@@ -34,6 +41,8 @@ public sealed class EngineCounters
     internal void CountMerge() => Interlocked.Increment(ref _logMerges);
 
     internal void CountFastWriteBack() => Interlocked.Increment(ref _fastWriteBacks);
+
+    internal void CountPatch() => Interlocked.Increment(ref _patches);
 
     internal void CountRecompression() => Interlocked.Increment(ref _recompressions);
 

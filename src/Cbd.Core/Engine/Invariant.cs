@@ -1,4 +1,5 @@
 using System.Diagnostics.CodeAnalysis;
+using System.Runtime.CompilerServices;
 
 namespace Cbd.Core.Engine;
 
@@ -9,6 +10,37 @@ internal static class Invariant
     {
         if (!condition)
             Fail(message);
+    }
+
+    /// <summary>
+    /// The same with an interpolated message, formatted only when the check fails: several run per pblk allocated, where
+    /// formatting each message cost more than the check.
+    /// </summary>
+    public static void Check([DoesNotReturnIf(false)] bool condition, [InterpolatedStringHandlerArgument(nameof(condition))] ref FailureMessage message)
+    {
+        if (!condition)
+            Fail(message.ToStringAndClear());
+    }
+
+    /// <summary>An interpolated message built only when its condition is false.</summary>
+    [InterpolatedStringHandler]
+    public ref struct FailureMessage
+    {
+        private DefaultInterpolatedStringHandler _inner;
+
+        public FailureMessage(int literalLength, int formattedCount, bool condition, out bool shouldAppend)
+        {
+            shouldAppend = !condition;
+            _inner = shouldAppend ? new DefaultInterpolatedStringHandler(literalLength, formattedCount) : default;
+        }
+
+        public void AppendLiteral(string value) => _inner.AppendLiteral(value);
+
+        public void AppendFormatted<T>(T value) => _inner.AppendFormatted(value);
+
+        public void AppendFormatted<T>(T value, string? format) => _inner.AppendFormatted(value, format);
+
+        public string ToStringAndClear() => _inner.ToStringAndClear();
     }
 
     [DoesNotReturn]

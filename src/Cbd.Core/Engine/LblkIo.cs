@@ -25,15 +25,17 @@ internal sealed class LblkIo
     private readonly DamageLog _damage;
     private readonly int _lblkSize;
     private readonly WriteLog? _log;
+    private readonly bool _patching;
 
     /// <summary>lblks whose last write-back used the fast codec, to be recompressed when the device is idle. Guarded by itself.</summary>
     private readonly HashSet<ulong> _fastStored = [];
 
     public LblkIo(Geometry geometry, IBackingStore store, LbatCache lbat, Allocator alloc, LblkBufferPool buffers, Codec codec, Codec? fastCodec, bool zeroDetect,
-        DamageLog damage, EngineCounters counters, WriteLog? log)
+        DamageLog damage, EngineCounters counters, WriteLog? log, bool patching)
     {
         _fastCodec = fastCodec;
         _log = log;
+        _patching = patching && log is not null;
         _counters = counters;
         _geometry = geometry;
         _store = store;
@@ -55,6 +57,8 @@ internal sealed class LblkIo
         _counters.CountLookup(entry.Loaded);
         if (entry.Loaded)
             return;
+        // Loaded, the lblk holds every record the patch would have: write-back compresses it whole.
+        DropPatch(entry);
         if (_log is null || !_log.HasPending(entry.Lblk))
         {
             await LoadStoredAsync(entry, cancellationToken).ConfigureAwait(false);
@@ -234,6 +238,104 @@ internal sealed class LblkIo
         }
     }
 
+    /// <summary>
+    /// True when merges may store lblks patched (docs/FORMAT.md, "Patched lblks"): an image of format version 1.2 or later,
+    /// with a write log.
+    /// </summary>
+    public bool CanPatch => _patching;
+
+    /// <summary>Gives back the buffer of a patch prepared and not written back. Caller holds the entry's lock.</summary>
+    public void DropPatch(CachedLblk entry)
+    {
+        if (entry.Patch is { } patch)
+        {
+            entry.Patch = null;
+            ArrayPool<byte>.Shared.Return(patch.Area);
+        }
+    }
+
+    /// <summary>
+    /// A merge without a load: the lblk's pending records become the patch area of a patched form over the stored form it
+    /// has (docs/FORMAT.md, "Patched lblks"), made ready here for write-back to put in new pblks. A record's payload moves
+    /// as it is, compressed or not: nothing is decompressed or compressed, and nothing of the stored form is read. False
+    /// when that cannot be done, and the merge must load the lblk: a record covers it whole, it is stored uncompressed, the
+    /// patches would not save a pblk, or a record or the entry fails its checks (the load then names the damage). Caller holds the entry's lock;
+    /// the entry is clean (loaded or not: what it holds stays as it is).
+    /// </summary>
+    public async ValueTask<bool> TryPreparePatchAsync(CachedLblk entry, CancellationToken cancellationToken)
+    {
+        var format = _geometry.Alloc;
+        var records = new List<PendingRecord>();
+        _log!.GetPending(entry.Lblk, records);
+        if (records.Count == 0 || records[0].Header.IsWhole(_lblkSize))
+            return false;
+        ulong[] slots = ArrayPool<ulong>.Shared.Rent(format.PblksPerLblk);
+        byte[]? payloads = null;
+        byte[]? area = null;
+        try
+        {
+            LblkAlloc alloc;
+            try
+            {
+                alloc = await _lbat.ReadAsync(entry.Lblk, slots, cancellationToken).ConfigureAwait(false);
+            }
+            catch (InvalidDataException)
+            {
+                return false;
+            }
+            if (alloc.Length == format.UncompressedLength)
+                return false;
+            // The stored form, patched or not, becomes the base as it is: nothing of it is read.
+            var basis = alloc.IsAllocated ? new PatchedLblk.Base(alloc.Length, alloc.Crc, alloc.Pblks.Count) : PatchedLblk.Base.None;
+            ulong[] basePblks = alloc.Pblks.Memory.ToArray();
+            var patches = new List<LblkPatch>();
+            int payloadBytes = 0;
+            foreach (var record in records)
+                payloadBytes += (int)record.Header.PayloadLength;
+            payloads = ArrayPool<byte>.Shared.Rent(Math.Max(payloadBytes, 1));
+            byte[] buffer = ArrayPool<byte>.Shared.Rent(LogRecord.MaxBytes(_lblkSize));
+            try
+            {
+                int at = 0;
+                foreach (var record in records)
+                {
+                    if (!await _log.ReadAsync(record, buffer, cancellationToken).ConfigureAwait(false))
+                        return false;
+                    var header = record.Header;
+                    int length = (int)header.PayloadLength;
+                    buffer.AsSpan(LogRecord.HeaderSize, length).CopyTo(payloads.AsSpan(at));
+                    var patch = new LblkPatch(header.Kind, header.PayloadAlgorithm, (int)header.Offset, (int)header.Length, payloads.AsMemory(at, length));
+                    at += length;
+                    // What a later change covers whole takes no room.
+                    patches.RemoveAll(older => patch.Covers(older));
+                    patches.Add(patch);
+                }
+            }
+            finally
+            {
+                ArrayPool<byte>.Shared.Return(buffer);
+            }
+            // Sized to the area, which is mostly a few pblks: the entry holds it until write-back.
+            long areaBytes = PatchedLblk.AreaBytes(patches);
+            if (areaBytes > format.MaxCompressedLength)
+                return false;
+            area = ArrayPool<byte>.Shared.Rent((int)areaBytes);
+            if (PatchedLblk.Encode(format, entry.Lblk, basis, patches, area) is not { } form)
+                return false;
+            entry.Patch = new PreparedPatch(area, form, basePblks, records[^1].Seq + 1);
+            area = null;
+            return true;
+        }
+        finally
+        {
+            ArrayPool<ulong>.Shared.Return(slots);
+            if (payloads is not null)
+                ArrayPool<byte>.Shared.Return(payloads);
+            if (area is not null)
+                ArrayPool<byte>.Shared.Return(area);
+        }
+    }
+
     /// <summary>pblks write-back will need for the entry's contents as they are now. Caller holds the entry's lock.</summary>
     public int PblksNeeded(CachedLblk entry)
     {
@@ -284,6 +386,7 @@ internal sealed class LblkIo
         uint length;
         uint crc = 0;
         byte[]? stored = null;
+        PreparedPatch? patch = null;
         var format = _geometry.Alloc;
         await entry.Lock.WaitAsync(cancellationToken).ConfigureAwait(false);
         try
@@ -296,9 +399,19 @@ internal sealed class LblkIo
             // The reservation moves to this write-back; a write that lands meanwhile reserves anew.
             reserved = entry.ReservedPblks;
             entry.ReservedPblks = 0;
-            var data = entry.IsZero ? default : entry.Data.AsSpan(0, _lblkSize);
+            // An entry with a patch need not be loaded: its contents are not what is written.
+            var data = entry.IsZero || entry.Patch is not null ? default : entry.Data.AsSpan(0, _lblkSize);
             bool fast = false;
-            if (entry.IsZero || StoredLblk.StoresAsUnallocated(data, _zeroDetect))
+            if (entry.Patch is { } prepared)
+            {
+                // The merge prepared a patch area; records that came after it stay pending for the next merge.
+                patch = prepared;
+                entry.Patch = null;
+                stored = prepared.Area;
+                (length, crc, logApplied) = (prepared.Form.Length, prepared.Form.Crc, prepared.LogApplied);
+                fast = true;
+            }
+            else if (entry.IsZero || StoredLblk.StoresAsUnallocated(data, _zeroDetect))
             {
                 length = 0;
             }
@@ -312,7 +425,7 @@ internal sealed class LblkIo
                 (length, crc) = (form.Length, form.Crc);
             }
             // Under the entry's lock, so the set follows write-backs of one lblk in version order. Without a fast codec it stays empty.
-            if (_fastCodec is not null)
+            if (_fastCodec is not null || patch is not null)
             {
                 if (fast)
                     _counters.CountFastWriteBack();
@@ -338,6 +451,17 @@ internal sealed class LblkIo
         }
         try
         {
+            if (patch is not null)
+            {
+                // New pblks for the patch area only; the base's stay where they are, named after them.
+                int areaPblks = patch.Form.PatchPblks;
+                var all = new ulong[areaPblks + patch.BasePblks.Length];
+                await _alloc.AllocateAsync(_geometry.HomeZone(entry.Lblk), all.AsMemory(0, areaPblks), reserved, cancellationToken).ConfigureAwait(false);
+                patch.BasePblks.CopyTo(all, areaPblks);
+                await _store.WritePblksAsync(all.AsMemory(0, areaPblks), stored, cancellationToken).ConfigureAwait(false);
+                _counters.CountPatch();
+                return new WrittenBack(entry, version, new LblkAlloc(length, crc, all), logApplied, patch.BasePblks);
+            }
             int count = format.PblksFor(length);
             var pblks = new ulong[count];
             await _alloc.AllocateAsync(_geometry.HomeZone(entry.Lblk), pblks, reserved, cancellationToken).ConfigureAwait(false);
@@ -346,7 +470,16 @@ internal sealed class LblkIo
         }
         finally
         {
-            _buffers.Return(stored);
+            if (patch is not null)
+                ArrayPool<byte>.Shared.Return(stored);
+            else
+                _buffers.Return(stored);
         }
     }
 }
+
+/// <summary>
+/// A patch area a merge made ready (<see cref="LblkIo.TryPreparePatchAsync"/>): its bytes in an array of the shared pool, its form,
+/// the base's pblks it keeps, and the seq after the last record it holds.
+/// </summary>
+internal sealed record PreparedPatch(byte[] Area, PatchedForm Form, ulong[] BasePblks, ulong LogApplied);

@@ -84,27 +84,44 @@ internal sealed class Pbat
         return true;
     }
 
+    /// <summary>
+    /// The first bit of the first run of <paramref name="count"/> free bits at or after <paramref name="from"/>, or -1: a word
+    /// at a time (a zone is 512 words), since small write-backs into a fragmented zone made a bit-by-bit walk the hot spot.
+    /// </summary>
     private int FindRun(int count, int from)
     {
-        int run = 0;
-        for (int bit = from; bit < DataPblks; bit++)
+        int carry = 0; // free bits at the top of the words before, contiguous with the next word
+        int words = (DataPblks + 63) >> 6;
+        for (int w = from >> 6; w < words; w++)
         {
-            ulong word = _words[bit >> 6];
-            if (word == ulong.MaxValue && (bit & 63) == 0)
+            int first = w << 6;
+            ulong free = ~_words[w];
+            if (first < from)
+                free &= ulong.MaxValue << (from - first);
+            if (DataPblks - first < 64)
+                free &= (1UL << (DataPblks - first)) - 1;
+            // A run that began in the words before (if any) and goes on here from bit 0.
+            if (carry + BitOperations.TrailingZeroCount(~free) >= count)
+                return first - carry;
+            if (free == ulong.MaxValue)
             {
-                run = 0;
-                bit += 63;
+                carry += 64;
                 continue;
             }
-            if ((word & (1UL << bit)) == 0)
+            if (count <= 64)
             {
-                if (++run == count)
-                    return bit - count + 1;
+                // Bit i of runs is set when bits i .. i + len - 1 are all free.
+                ulong runs = free;
+                for (int len = 1; len < count && runs != 0;)
+                {
+                    int shift = Math.Min(len, count - len);
+                    runs &= runs >> shift;
+                    len += shift;
+                }
+                if (runs != 0)
+                    return first + BitOperations.TrailingZeroCount(runs);
             }
-            else
-            {
-                run = 0;
-            }
+            carry = BitOperations.LeadingZeroCount(~free);
         }
         return -1;
     }

@@ -224,13 +224,22 @@ internal sealed class WriteAdmission
                         undo = _buffers.Rent();
                         before.AsSpan(0, _lblkSize).CopyTo(undo);
                     }
-                    if (merge)
-                        await _io.EnsureLoadedAsync(entry, cancellationToken).ConfigureAwait(false);
-                    else
+                    // A merge under pressure of a clean lblk stores its records as patches over its stored form when it can,
+                    // without a load or a compression (LblkIo.TryPreparePatchAsync). Not on the measure path, which needs the
+                    // contents to measure them. Any other change makes write-back compress the lblk whole.
+                    bool patched = rewrite == Rewrite.FastMerge && _io.CanPatch && !entry.Dirty && !(shortfall > 0 && measure) &&
+                        await _io.TryPreparePatchAsync(entry, cancellationToken).ConfigureAwait(false);
+                    if (!patched)
                     {
-                        Apply(entry, within, data.Span, zero, zeroLength);
-                        if (!entry.Loaded)
-                            await EnsureLoadedAndApplyAsync(entry, within, data, zeroLength, cancellationToken).ConfigureAwait(false);
+                        _io.DropPatch(entry);
+                        if (merge)
+                            await _io.EnsureLoadedAsync(entry, cancellationToken).ConfigureAwait(false);
+                        else
+                        {
+                            Apply(entry, within, data.Span, zero, zeroLength);
+                            if (!entry.Loaded)
+                                await EnsureLoadedAndApplyAsync(entry, within, data, zeroLength, cancellationToken).ConfigureAwait(false);
+                        }
                     }
                     if (shortfall > 0 && !measure)
                     {

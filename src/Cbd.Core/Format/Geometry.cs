@@ -249,7 +249,7 @@ public sealed class Geometry
 
         var header = new Header
         {
-            VersionMinor = logPblks != 0 ? Header.LogVersionMinor : Header.NoLogVersionMinor,
+            VersionMinor = logPblks != 0 ? Header.PatchedVersionMinor : Header.NoLogVersionMinor,
             LogPblks = logPblks,
             LogId = logPblks != 0 ? logId : 0,
             NrPhysicalSectors = devicePblks * Layout.SectorsPerPblk,

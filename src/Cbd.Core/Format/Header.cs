@@ -62,13 +62,16 @@ public sealed record Header
     public static ReadOnlySpan<byte> Magic => [0x43, 0x42, 0x44, 0x1A];
 
     public const ushort CurrentVersionMajor = 1;
-    public const ushort CurrentVersionMinor = 1;
+    public const ushort CurrentVersionMinor = 2;
 
     /// <summary>The minor version of an image without a write log; one with a log is <see cref="LogVersionMinor"/>.</summary>
     public const ushort NoLogVersionMinor = 0;
 
     /// <summary>The minor version that added the write log (docs/FORMAT.md, "The write log").</summary>
     public const ushort LogVersionMinor = 1;
+
+    /// <summary>The minor version that added patched lblks (docs/FORMAT.md, "Patched lblks"): an image with a log is formatted so.</summary>
+    public const ushort PatchedVersionMinor = 2;
 
     public ushort VersionMajor { get; init; } = CurrentVersionMajor;
     public ushort VersionMinor { get; init; } = NoLogVersionMinor;

@@ -90,6 +90,9 @@ public static class StoredLblk
         if (stored.Length < storedBytes)
             throw new ArgumentException($"stored: {stored.Length} bytes, expected at least {storedBytes}", nameof(stored));
         var bytes = stored[..storedBytes];
+        // A patched form keeps a crc of its patch area and one of its base, so that a merge need not read the base.
+        if (alloc.Length != format.UncompressedLength && PatchedLblk.IsPatched(bytes))
+            return PatchedLblk.Decode(format, lblk, alloc.Crc, bytes, data, prefix);
         if (format.WithCrc)
         {
             uint actual = Checksum(lblk, bytes);

@@ -30,7 +30,8 @@ public class CrashConsistencyTests(ITestOutputHelper output)
     /// instants on a clock both writers share (the log may not move between two operations).</summary>
     private sealed record Step(int LogStart, int LogEnd, long Begun, long Ended, Durability Durability, Dictionary<int, ulong> Changes);
 
-    private sealed record Workload(int Seed, RecordingStore Recorder, List<Step> Steps, Geometry Geometry);
+    /// <param name="Patched">lblks the workload's merges stored patched (FORMAT.md, "Patched lblks").</param>
+    private sealed record Workload(int Seed, RecordingStore Recorder, List<Step> Steps, Geometry Geometry, long Patched = 0);
 
     /// <summary>
     /// The write log of the workloads that have one (FORMAT.md, "The write log"): room for a few partial lblks, so that
@@ -68,7 +69,7 @@ public class CrashConsistencyTests(ITestOutputHelper output)
 
     /// <summary>
     /// The same with a write log: cuts fall during appends (torn records at 512 bytes, records durable out of order
-    /// behind held fsyncs), during merges and during the header writes that move the log's tail.
+    /// behind held fsyncs), during merges (patched ones among them) and during the header writes that move the log's tail.
     /// </summary>
     [Theory]
     [MemberData(nameof(Workloads))]
@@ -77,7 +78,9 @@ public class CrashConsistencyTests(ITestOutputHelper output)
         var workload = await RecordWorkloadAsync(seed, operations: 60, cacheLblks, logBytes: LogBytes);
         var (appends, tailMoves) = MeasureLog(workload);
         Assert.True(appends > 20 && tailMoves > 2, $"seed {seed}: {appends} records appended, the tail moved {tailMoves} times");
-        output.WriteLine($"seed {workload.Seed}: {workload.Recorder.Count} log entries, {appends} records, {tailMoves} tail moves");
+        // Merges under pressure store lblks patched (FORMAT.md, "Patched lblks"): the cuts fall among those too.
+        Assert.True(workload.Patched > 0, $"seed {seed}: no lblk was stored patched");
+        output.WriteLine($"seed {workload.Seed}: {workload.Recorder.Count} log entries, {appends} records, {tailMoves} tail moves, {workload.Patched} lblks patched");
         await VerifyCutsAsync(workload, Enumerable.Range(0, workload.Recorder.Count + 1), variantsPerCut);
     }
 
@@ -282,9 +285,10 @@ public class CrashConsistencyTests(ITestOutputHelper output)
         }
         await Task.WhenAll(Task.Run(() => RunLaneAsync(0, operations / 2)), Task.Run(() => RunLaneAsync(1, operations - operations / 2)));
         int closeStart = recorder.Count;
+        long patched = device.Counters.Patches;
         await recorder.DriveAsync(device.DisposeAsync());
         steps.Add(new Step(closeStart, recorder.Count, clock + 1, clock + 2, Durability.Flush, []));
-        return new Workload(seed, recorder, steps, geometry);
+        return new Workload(seed, recorder, steps, geometry, patched);
     }
 
     private static void Apply(byte[][] contents, Dictionary<int, ulong> changes, int offset, byte[] data)
@@ -371,7 +375,7 @@ public class CrashConsistencyTests(ITestOutputHelper output)
 
     private static async Task VerifyCutsAsync(Workload workload, IEnumerable<int> cuts, int variantsPerCut)
     {
-        var (seed, recorder, steps, _) = workload;
+        var (seed, recorder, steps, _, _) = workload;
         var random = new Random(seed);
         int checkedCuts = 0;
         foreach (int cut in cuts)

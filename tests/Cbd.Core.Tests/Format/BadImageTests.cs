@@ -84,7 +84,7 @@ public class BadImageTests
 
     [Theory]
     [InlineData(2, 0, "version: 2.0")]
-    [InlineData(1, 2, "version: 1.2")]
+    [InlineData(1, 3, "version: 1.3")]
     [InlineData(0, 0, "version: 0.0")]
     public async Task Unknown_version_is_refused(int major, int minor, string mention)
     {

@@ -93,9 +93,13 @@ public class HeaderTests
     {
         Assert.Equal(new byte[] { 0x43, 0x42, 0x44, 0x1A }, Header.Magic.ToArray());
         Assert.Equal(1, Header.CurrentVersionMajor);
-        Assert.Equal(1, Header.CurrentVersionMinor);
+        Assert.Equal(2, Header.CurrentVersionMinor);
         Assert.Equal(0, Header.NoLogVersionMinor);
         Assert.Equal(1, Header.LogVersionMinor);
+        Assert.Equal(2, Header.PatchedVersionMinor);
+        Assert.Equal(4, PatchedLblk.AlgorithmId);
+        Assert.Equal(16, PatchedLblk.HeadSize);
+        Assert.Equal(16, PatchedLblk.PatchHeadSize);
         Assert.Equal(0x4C444243u, LogRecord.Magic);
         Assert.Equal(64, LogRecord.HeaderSize);
         Assert.Equal((1, 2, 3), ((int)LogRecordKind.Data, (int)LogRecordKind.Zero, (int)LogRecordKind.Pad));

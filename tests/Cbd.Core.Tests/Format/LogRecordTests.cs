@@ -180,7 +180,7 @@ public class LogRecordTests
     {
         long physical = 64L << 20;
         var header = ImageFormatter.Plan(physical, new FormatOptions { LogSize = 8L << 20 });
-        Assert.Equal(1, header.VersionMinor);
+        Assert.Equal(Header.PatchedVersionMinor, header.VersionMinor);
         Assert.NotEqual(0UL, header.LogId);
         var g = Geometry.FromHeader(header, physical);
         Assert.Equal(2048UL, g.LogPblks);
