@@ -2,6 +2,7 @@ using Cbd.Core.Compression;
 using Cbd.Core.Engine;
 using Cbd.Core.Format;
 using Cbd.Core.Maintenance;
+using Cbd.Core.Tests.Format;
 
 namespace Cbd.Core.Tests.Engine;
 
@@ -67,6 +68,28 @@ public class FastWriteBackTests
         await using (var reopened = await DeviceTestKit.OpenAsync(copy, new DeviceOptions { ReadOnly = true }))
             await AssertReadsAsync(reopened, model);
         await AssertReadsAsync(device, model);
+    }
+
+    /// <summary>
+    /// An image of format 1.1 opens as before and stays 1.1, readable by a 1.1 reader: its merges compress whole lblks, and
+    /// none is stored patched.
+    /// </summary>
+    [Fact]
+    public async Task A_format_1_1_image_is_merged_without_patches_and_stays_1_1()
+    {
+        var store = await DeviceTestKit.FormatAsync(64 * MiB, new FormatOptions { LogicalSize = 16 * MiB, LogSize = 1 * MiB });
+        HeaderImage.Rewrite(store, HeaderField.VersionMinor, Header.LogVersionMinor);
+        var model = new byte[16 * MiB];
+        await using (var device = await DeviceTestKit.OpenAsync(store, new DeviceOptions { FlushDelay = TimeSpan.FromHours(1), CacheBytes = 1 * MiB }))
+        {
+            await WriteRandomAsync(device, model, writes: 3000, seed: 5);
+            await device.FlushAsync();
+            Assert.True(device.Counters.FastWriteBacks > 0, "no merge under pressure");
+            Assert.Equal(0, device.Counters.Patches);
+        }
+        Assert.Equal(Header.LogVersionMinor, (int)HeaderImage.Read(store, HeaderField.VersionMinor));
+        await using (var device = await DeviceTestKit.OpenAsync(store))
+            await AssertReadsAsync(device, model);
     }
 
     /// <summary>
