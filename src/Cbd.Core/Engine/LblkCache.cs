@@ -19,8 +19,8 @@ namespace Cbd.Core.Engine;
 /// Invariants (<see cref="CheckInvariants"/>): every entry is in the map under its own lblk; the dirty set
 /// holds exactly the entries marked <see cref="CachedLblk.Dirty"/>, each of them in the map; pins are never
 /// negative; a dirty entry is never evicted (it holds the only copy of acknowledged writes); an entry is
-/// evicted only with no pins, so nobody holds or waits for its lock; a dirty entry is loaded or awaits a patch
-/// (<see cref="CachedLblk.Patch"/>); an entry holds a
+/// evicted only with no pins, so nobody holds or waits for its lock; a dirty entry is loaded, or awaits a patch
+/// (<see cref="CachedLblk.Patch"/>) or its publication; an entry holds a
 /// buffer exactly when it is loaded and not zero; an entry reserves at most one lblk's worth of pblks.
 /// </para>
 /// </remarks>
@@ -303,7 +303,9 @@ internal sealed class LblkCache
     private void CheckEntry(CachedLblk entry)
     {
         Invariant.Check(entry.Dirty == _dirty.Contains(entry), $"lblk {entry.Lblk}: marked {(entry.Dirty ? "dirty" : "clean")} but {(entry.Dirty ? "not " : "")}in the dirty set");
-        Invariant.Check(!entry.Dirty || entry.Loaded || entry.Patch is not null, $"lblk {entry.Lblk}: dirty but neither loaded nor patched");
+        // A patch taken by its write-back leaves the entry dirty and unloaded until the publication.
+        Invariant.Check(!entry.Dirty || entry.Loaded || entry.Patch is not null || entry.WriteBackVersion == entry.Version,
+            $"lblk {entry.Lblk}: dirty but neither loaded nor patched");
         Invariant.Check(entry.Patch is null || entry.Dirty, $"lblk {entry.Lblk}: a patch on a clean entry");
         bool holdsData = entry.Loaded && !entry.IsZero;
         Invariant.Check(holdsData == entry.Data is not null, $"lblk {entry.Lblk}: loaded {entry.Loaded}, zero {entry.IsZero}, yet {(entry.Data is null ? "no" : "a")} buffer");
