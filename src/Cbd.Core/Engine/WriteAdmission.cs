@@ -35,7 +35,7 @@ internal sealed class WriteAdmission
     private readonly WriteBackScheduler _scheduler;
     private readonly int _lblkSize;
     private readonly WriteLog? _log;
-    private readonly Codec _recordCodec;
+    private readonly RecordCompression _recordCompression = new();
     private readonly byte[] _zeroLblk;
     private readonly Action _makeLogRoom;
     private readonly Action<int> _appended;
@@ -48,8 +48,6 @@ internal sealed class WriteAdmission
         _makeLogRoom = makeLogRoom;
         _appended = appended;
         _logBlocked = logBlocked;
-        // Records are compressed on the request path: the fastest setting, whatever the device's algorithm.
-        _recordCodec = Codec.Create(CompressionAlgorithm.Lz4, 0);
         _zeroLblk = log is null ? [] : new byte[geometry.LblkSize];
         _geometry = geometry;
         _cache = cache;
@@ -135,8 +133,11 @@ internal sealed class WriteAdmission
             // lblk zeroed without leave to deallocate is logged as the zeros it holds, which take a few bytes compressed.
             var header = zero ? LogRecord.Zero(0, lblk, 0, _lblkSize)
                 : zeroLength >= 0 && !whole ? LogRecord.Zero(0, lblk, within, length)
-                : zeroLength >= 0 ? LogRecord.EncodeData(record, _recordCodec, 0, lblk, 0, _zeroLblk)
-                : LogRecord.EncodeData(record, _recordCodec, 0, lblk, within, data.Span);
+                : zeroLength >= 0 ? LogRecord.EncodeData(record, _recordCompression.Codec, 0, lblk, 0, _zeroLblk)
+                : LogRecord.EncodeData(record, _recordCompression.Codec, 0, lblk, within, data.Span);
+            // Records are compressed on the request path with LZ4, whatever the device's algorithm, as hard as pays.
+            if (header.Kind == LogRecordKind.Data && zeroLength < 0)
+                _recordCompression.Observe(header);
             reservation = await log.ReserveAsync(header.Bytes, _makeLogRoom, _logBlocked, cancellationToken).ConfigureAwait(false);
             var entry = _cache.Pin(lblk);
             try
