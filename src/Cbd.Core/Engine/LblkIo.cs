@@ -259,8 +259,8 @@ internal sealed class LblkIo
     /// has (docs/FORMAT.md, "Patched lblks"), made ready here for write-back to put in new pblks. A record's payload moves
     /// as it is, compressed or not: nothing is decompressed or compressed, and nothing of the stored form is read. False
     /// when that cannot be done, and the merge must load the lblk: a record covers it whole, it is stored uncompressed, the
-    /// patches would not save a pblk, or a record or the entry fails its checks (the load then names the damage). Caller holds the entry's lock;
-    /// the entry is clean (loaded or not: what it holds stays as it is).
+    /// patches would not save a pblk, or a record or the entry fails its checks (the load then names the damage). Caller
+    /// holds the entry's lock; the entry is clean (loaded or not: what it holds stays as it is).
     /// </summary>
     public async ValueTask<bool> TryPreparePatchAsync(CachedLblk entry, CancellationToken cancellationToken)
     {

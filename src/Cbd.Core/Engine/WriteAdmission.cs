@@ -1,5 +1,4 @@
 using System.Buffers;
-using Cbd.Core.Compression;
 using Cbd.Core.Format;
 
 namespace Cbd.Core.Engine;
