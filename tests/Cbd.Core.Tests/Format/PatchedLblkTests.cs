@@ -1,5 +1,4 @@
 using System.Buffers.Binary;
-using System.IO.Hashing;
 using Cbd.Core.Compression;
 using Cbd.Core.Format;
 using CsCheck;
@@ -14,16 +13,10 @@ public class PatchedLblkTests
     private static readonly LblkAllocFormat s_crc = new(4, 1000, withCrc: true);
     private static readonly LblkAllocFormat s_noCrc = new(4, 1000, withCrc: false);
 
-    private static uint FormatCrc(ulong lblk, ReadOnlySpan<byte> bytes)
-    {
-        var all = new byte[8 + bytes.Length];
-        BinaryPrimitives.WriteUInt64LittleEndian(all, lblk);
-        bytes.CopyTo(all.AsSpan(8));
-        return Crc32.HashToUInt32(Crc32ParameterSet.Crc32C, all);
-    }
+    // The crc as FORMAT.md defines it, and compressible lblks, as the plain stored form's tests have them.
+    private static uint FormatCrc(ulong lblk, ReadOnlySpan<byte> bytes) => StoredLblkTests.FormatCrc(lblk, bytes);
 
-    private static byte[] Compressible(int seed) =>
-        [.. Enumerable.Range(0, LblkSize).Select(i => (byte)(i / 97 % 7 == 0 ? (i * seed) >> 3 : 'a' + i % 5))];
+    private static byte[] Compressible(int seed) => StoredLblkTests.Compressible(seed);
 
     /// <summary>A patch of <paramref name="data"/> at <paramref name="offset"/>, compressed when LZ4 saves anything, as a log record's payload is.</summary>
     private static LblkPatch DataPatch(int offset, byte[] data)

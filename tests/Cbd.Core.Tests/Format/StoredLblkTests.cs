@@ -14,7 +14,7 @@ public class StoredLblkTests
     private static readonly LblkAllocFormat s_noCrc = new(4, 1000, withCrc: false);
 
     /// <summary>The crc as FORMAT.md defines it: CRC32C over the lblk number (u64 little-endian), then the stored bytes.</summary>
-    private static uint FormatCrc(ulong lblk, ReadOnlySpan<byte> stored)
+    internal static uint FormatCrc(ulong lblk, ReadOnlySpan<byte> stored)
     {
         var bytes = new byte[8 + stored.Length];
         BinaryPrimitives.WriteUInt64LittleEndian(bytes, lblk);
@@ -22,7 +22,7 @@ public class StoredLblkTests
         return Crc32.HashToUInt32(Crc32ParameterSet.Crc32C, bytes);
     }
 
-    private static byte[] Compressible(int seed) =>
+    internal static byte[] Compressible(int seed) =>
         [.. Enumerable.Range(0, LblkSize).Select(i => (byte)(i / 97 % 7 == 0 ? (i * seed) >> 3 : 'a' + i % 5))];
 
     private static LblkAlloc AllocFor(StoredForm form) =>
