@@ -289,11 +289,16 @@ internal sealed class LblkIo
             var basis = alloc.IsAllocated ? new PatchedLblk.Base(alloc.Length, alloc.Crc, alloc.Pblks.Count) : PatchedLblk.Base.None;
             ulong[] basePblks = alloc.Pblks.Memory.ToArray();
             var patches = new List<LblkPatch>();
-            int payloadBytes = 0;
+            int payloadBytes = 0, recordBytes = 0;
             foreach (var record in records)
+            {
                 payloadBytes += (int)record.Header.PayloadLength;
+                recordBytes = Math.Max(recordBytes, record.Header.Bytes);
+            }
+            // Sized to these records (a few KiB for small writes), not to the largest a record can be: merges run by the
+            // hundred a second, and the shared pool keeps what it hands out.
             payloads = ArrayPool<byte>.Shared.Rent(Math.Max(payloadBytes, 1));
-            byte[] buffer = ArrayPool<byte>.Shared.Rent(LogRecord.MaxBytes(_lblkSize));
+            byte[] buffer = ArrayPool<byte>.Shared.Rent(recordBytes);
             try
             {
                 int at = 0;
