@@ -270,7 +270,7 @@ internal sealed class LblkIo
         if (records.Count == 0 || records[0].Header.IsWhole(_lblkSize))
             return false;
         ulong[] slots = ArrayPool<ulong>.Shared.Rent(format.PblksPerLblk);
-        byte[]? payloads = null;
+        byte[]? read = null;
         byte[]? area = null;
         try
         {
@@ -288,37 +288,29 @@ internal sealed class LblkIo
             // The stored form, patched or not, becomes the base as it is: nothing of it is read.
             var basis = alloc.IsAllocated ? new PatchedLblk.Base(alloc.Length, alloc.Crc, alloc.Pblks.Count) : PatchedLblk.Base.None;
             ulong[] basePblks = alloc.Pblks.Memory.ToArray();
-            var patches = new List<LblkPatch>();
-            int payloadBytes = 0, recordBytes = 0;
+            // The records are read side by side into one buffer, and their payloads are the patches as they lie there.
+            int recordBytes = 0;
+            foreach (var record in records)
+                recordBytes += record.Header.Bytes;
+            read = ArrayPool<byte>.Shared.Rent(recordBytes);
+            var patches = new List<LblkPatch>(records.Count);
+            int at = 0;
             foreach (var record in records)
             {
-                payloadBytes += (int)record.Header.PayloadLength;
-                recordBytes = Math.Max(recordBytes, record.Header.Bytes);
-            }
-            // Sized to these records (a few KiB for small writes), not to the largest a record can be: merges run by the
-            // hundred a second, and the shared pool keeps what it hands out.
-            payloads = ArrayPool<byte>.Shared.Rent(Math.Max(payloadBytes, 1));
-            byte[] buffer = ArrayPool<byte>.Shared.Rent(recordBytes);
-            try
-            {
-                int at = 0;
-                foreach (var record in records)
+                var bytes = read.AsMemory(at, record.Header.Bytes);
+                if (!await _log.ReadAsync(record, bytes, cancellationToken).ConfigureAwait(false))
+                    return false;
+                var header = record.Header;
+                var patch = new LblkPatch(header.Kind, header.PayloadAlgorithm, (int)header.Offset, (int)header.Length,
+                    bytes.Slice(LogRecord.HeaderSize, (int)header.PayloadLength));
+                at += header.Bytes;
+                // What a later change covers whole takes no room.
+                for (int i = patches.Count - 1; i >= 0; i--)
                 {
-                    if (!await _log.ReadAsync(record, buffer, cancellationToken).ConfigureAwait(false))
-                        return false;
-                    var header = record.Header;
-                    int length = (int)header.PayloadLength;
-                    buffer.AsSpan(LogRecord.HeaderSize, length).CopyTo(payloads.AsSpan(at));
-                    var patch = new LblkPatch(header.Kind, header.PayloadAlgorithm, (int)header.Offset, (int)header.Length, payloads.AsMemory(at, length));
-                    at += length;
-                    // What a later change covers whole takes no room.
-                    patches.RemoveAll(older => patch.Covers(older));
-                    patches.Add(patch);
+                    if (patch.Covers(patches[i]))
+                        patches.RemoveAt(i);
                 }
-            }
-            finally
-            {
-                ArrayPool<byte>.Shared.Return(buffer);
+                patches.Add(patch);
             }
             // Sized to the area, which is mostly a few pblks: the entry holds it until write-back.
             long areaBytes = PatchedLblk.AreaBytes(patches);
@@ -334,8 +326,8 @@ internal sealed class LblkIo
         finally
         {
             ArrayPool<ulong>.Shared.Return(slots);
-            if (payloads is not null)
-                ArrayPool<byte>.Shared.Return(payloads);
+            if (read is not null)
+                ArrayPool<byte>.Shared.Return(read);
             if (area is not null)
                 ArrayPool<byte>.Shared.Return(area);
         }

@@ -582,15 +582,16 @@ internal sealed class WriteLog
     // ---- reading records back ----
 
     /// <summary>
-    /// Reads a pending record back from the ring into <paramref name="buffer"/> (at least <see cref="LogRecord.MaxBytes"/>)
-    /// and checks it is still the record that was appended; false when it is not (damage since).
+    /// Reads a pending record back from the ring into the start of <paramref name="buffer"/> (at least the record's
+    /// <see cref="LogRecordHeader.Bytes"/>) and checks it is still the record that was appended; false when it is not
+    /// (damage since).
     /// </summary>
-    public async ValueTask<bool> ReadAsync(PendingRecord record, byte[] buffer, CancellationToken cancellationToken)
+    public async ValueTask<bool> ReadAsync(PendingRecord record, Memory<byte> buffer, CancellationToken cancellationToken)
     {
         int bytes = record.Header.Bytes;
-        await _store.ReadAsync(_start + record.Position, buffer.AsMemory(0, bytes), cancellationToken).ConfigureAwait(false);
-        var fault = LogRecord.TryReadHeader(buffer.AsSpan(0, Layout.SectorSize), _logId, record.Seq, record.Header.Epoch, _lblkSize, _geometry.NrLblks,
+        await _store.ReadAsync(_start + record.Position, buffer[..bytes], cancellationToken).ConfigureAwait(false);
+        var fault = LogRecord.TryReadHeader(buffer.Span[..Layout.SectorSize], _logId, record.Seq, record.Header.Epoch, _lblkSize, _geometry.NrLblks,
             _bytes - record.Position, out var header);
-        return fault == LogRecordFault.None && header == record.Header && LogRecord.Verify(buffer, header);
+        return fault == LogRecordFault.None && header == record.Header && LogRecord.Verify(buffer.Span[..bytes], header);
     }
 }

@@ -204,28 +204,10 @@ public static class PatchedLblk
             int start = BaseStart((int)patchBytes);
             if (bytes.Length != start + basis.Length)
                 return Fail(StoredLblkFault.Undecodable);
-            var baseBytes = bytes[start..];
-            if (baseBytes[0] == AlgorithmId)
-            {
-                var inner = Decode(format, lblk, basis.Crc, baseBytes, lblkData, prefix);
-                if (!inner.Ok)
-                    return inner with { StoredBytes = storedBytes };
-            }
-            else
-            {
-                if (format.WithCrc)
-                {
-                    uint actual = Checksums.LblkCrc(lblk, baseBytes);
-                    if (actual != basis.Crc)
-                        return Fail(StoredLblkFault.ChecksumMismatch, actual);
-                }
-                var codec = Codec.ForReading(baseBytes[0]);
-                bool ok = codec is not null && (prefix == 0
-                    ? codec.TryDecompress(baseBytes[StoredLblk.AlgorithmIdBytes..], lblkData)
-                    : codec.TryDecompressPrefix(baseBytes[StoredLblk.AlgorithmIdBytes..], lblkData, prefix));
-                if (!ok)
-                    return Fail(StoredLblkFault.Undecodable);
-            }
+            // The base is a stored form of its own, plain or patched, with the length and crc its entry had.
+            var inner = StoredLblk.Decode(format, lblk, new LblkAlloc(basis.Length, basis.Crc, ReadOnlyMemory<ulong>.Empty), bytes[start..], lblkData, prefix);
+            if (!inner.Ok)
+                return inner with { StoredBytes = storedBytes };
         }
         int position = HeadSize;
         for (int i = 0; i < count; i++)
