@@ -39,7 +39,19 @@ internal sealed class ReplyWriter
 
     private readonly SemaphoreSlim _lock = new(1, 1);
     private readonly byte[] _scratch = new byte[ScratchSize];
-    private readonly byte[] _held = new byte[HeldSize];
+
+    /// <summary>
+    /// Guards the held replies (<see cref="_held"/>, its length and count, <see cref="_holding"/>'s clearing): a reply added
+    /// while the reader holds takes this short lock only, not the send lock, whose waiters resume on another thread (half
+    /// the replies to a burst of reads met a send in progress, and each paid a thread switch for it). A leaf lock.
+    /// </summary>
+    private readonly Lock _heldLock = new();
+
+    /// <summary>Where replies are held; swapped with <see cref="_sending"/> when they are sent, so that more can gather meanwhile.</summary>
+    private byte[] _held = new byte[HeldSize];
+
+    /// <summary>The other buffer: the held replies being sent, under the send lock, or free.</summary>
+    private byte[] _sending = new byte[HeldSize];
     private int _heldLength;
     private int _heldReplies;
     private volatile bool _holding;
@@ -127,8 +139,10 @@ internal sealed class ReplyWriter
         }
         try
         {
-            // Cleared under the lock: a sender that saw it set has already added its reply, which goes out now.
-            _holding = false;
+            // Cleared under the held lock: a reply added while it was set is in the held ones, which go out now; one
+            // added after it finds it clear and is sent by its sender.
+            lock (_heldLock)
+                _holding = false;
             if (!_broken)
             {
                 await SendHeldAsync().ConfigureAwait(false);
@@ -145,37 +159,70 @@ internal sealed class ReplyWriter
         }
     }
 
-    /// <summary>Sends the held replies, if any; under the lock.</summary>
+    /// <summary>
+    /// Sends the held replies, if any; under the send lock. The buffer they are in is swapped out first, so that replies
+    /// added meanwhile gather in the other one: only one send is ever in progress, so the other one is free.
+    /// </summary>
     private ValueTask SendHeldAsync()
     {
-        if (_heldLength == 0)
+        byte[] buffer;
+        int length;
+        lock (_heldLock)
         {
-            return ValueTask.CompletedTask;
+            if (_heldLength == 0)
+            {
+                return ValueTask.CompletedTask;
+            }
+            (buffer, length) = (_held, _heldLength);
+            (_held, _sending) = (_sending, _held);
+            _heldLength = 0;
+            _heldReplies = 0;
         }
-        int length = _heldLength;
-        _heldLength = 0;
-        _heldReplies = 0;
-        return _transport.SendAsync(_held.AsMemory(0, length), ReadOnlyMemory<byte>.Empty, _abort);
+        return _transport.SendAsync(buffer.AsMemory(0, length), ReadOnlyMemory<byte>.Empty, _abort);
     }
 
     /// <summary>
-    /// After a reply was added to the held ones: sends them when nothing is being held (the reply was added only to go
-    /// out with any left over) or when <see cref="MaxHeldReplies"/> wait. Under the lock.
+    /// Adds a reply of <paramref name="bytes"/> bytes to the held ones (<paramref name="write"/> writes it) when the reader
+    /// holds and there is room: then the held replies are sent at once if <see cref="MaxHeldReplies"/> wait now. False when
+    /// it was not held, and the caller sends it. Takes the send lock only to send.
     /// </summary>
-    private ValueTask HeldOneAsync() => !_holding || ++_heldReplies >= MaxHeldReplies ? SendHeldAsync() : ValueTask.CompletedTask;
+    private bool TryHold<TState>(int bytes, TState state, HeldWriter<TState> write, out ValueTask sent)
+    {
+        sent = ValueTask.CompletedTask;
+        bool full;
+        lock (_heldLock)
+        {
+            if (!_holding || _broken || bytes > _held.Length - _heldLength)
+            {
+                return false;
+            }
+            write(_held.AsSpan(_heldLength, bytes), state);
+            _heldLength += bytes;
+            full = ++_heldReplies >= MaxHeldReplies;
+        }
+        if (full)
+        {
+            sent = SendGuardedAsync(0, static (_, _) => ValueTask.CompletedTask);
+        }
+        return true;
+    }
+
+    private delegate void HeldWriter<TState>(Span<byte> destination, TState state);
 
     /// <summary>A simple reply: the error value (or none) of a request that carries no data back.</summary>
     public ValueTask SendSimpleReplyAsync(ulong handle, NbdError error)
-        => SendGuardedAsync((handle, error), static async (w, s) =>
+    {
+        if (TryHold(SimpleReplyHeader.Size, (handle, error), static (d, s) => SimpleReplyHeader.Write(d, s.error, s.handle), out var sent))
         {
-            if (w._heldLength + SimpleReplyHeader.Size > w._held.Length)
-            {
-                await w.SendHeldAsync().ConfigureAwait(false);
-            }
-            SimpleReplyHeader.Write(w._held.AsSpan(w._heldLength), s.error, s.handle);
-            w._heldLength += SimpleReplyHeader.Size;
-            await w.HeldOneAsync().ConfigureAwait(false);
-        }, sendHeldFirst: false);
+            return sent;
+        }
+        // Not held (the reader is not holding, or the held ones are full): sent now, after those held.
+        return SendGuardedAsync((handle, error), static (w, s) =>
+        {
+            SimpleReplyHeader.Write(w._scratch, s.error, s.handle);
+            return w._transport.SendAsync(w._scratch.AsMemory(0, SimpleReplyHeader.Size), ReadOnlyMemory<byte>.Empty, w._abort);
+        });
+    }
 
     /// <summary>One structured chunk flagged as the last of its reply, its payload sent after the header.</summary>
     public ValueTask SendDoneChunkAsync(ulong handle, NbdReplyType type, ReadOnlyMemory<byte> payload)
@@ -212,14 +259,14 @@ internal sealed class ReplyWriter
     /// chunks; the last one carries NBD_REPLY_FLAG_DONE when <paramref name="last"/>.
     /// </summary>
     public ValueTask SendReadChunksAsync(ulong handle, ulong offset, ReadOnlyMemory<byte> data, NbdConnection.ReadRun[] runs, int runCount, bool last)
-        => SendGuardedAsync((handle, offset, data, runs, runCount, last), static async (w, s) =>
+    {
+        if (_holding && TryHold(HeldReadChunksBytes(runs.AsSpan(0, runCount)), (handle, offset, data, runs, runCount, last),
+            static (d, s) => WriteReadChunks(d, s.handle, s.offset, s.data.Span, s.runs.AsSpan(0, s.runCount), s.last), out var sent))
         {
-            if (w._holding && w.TryHoldReadChunks(s.handle, s.offset, s.data.Span, s.runs.AsSpan(0, s.runCount), s.last))
-            {
-                await w.HeldOneAsync().ConfigureAwait(false);
-                return;
-            }
-            await w.SendHeldAsync().ConfigureAwait(false);
+            return sent;
+        }
+        return SendGuardedAsync((handle, offset, data, runs, runCount, last), static async (w, s) =>
+        {
             // Small chunk headers (and whole hole chunks) gather in the scratch buffer and go out with the next
             // data run, so a reply costs about one send per data run.
             byte[] scratch = w._scratch;
@@ -243,34 +290,34 @@ internal sealed class ReplyWriter
             {
                 await w._transport.SendAsync(scratch.AsMemory(0, pending), ReadOnlyMemory<byte>.Empty, w._abort).ConfigureAwait(false);
             }
-        }, sendHeldFirst: false);
+        });
+    }
 
-    /// <summary>
-    /// Adds the chunks of a READ reply piece to the held replies when they fit in the room left; false when they do not,
-    /// and the caller then sends what is held and this reply. Under the lock.
-    /// </summary>
-    private bool TryHoldReadChunks(ulong handle, ulong offset, ReadOnlySpan<byte> data, ReadOnlySpan<NbdConnection.ReadRun> runs, bool last)
+    /// <summary>Bytes the chunks of a READ reply piece take when held: each run's chunk head, and its data.</summary>
+    private static int HeldReadChunksBytes(ReadOnlySpan<NbdConnection.ReadRun> runs)
     {
         int bytes = 0;
         foreach (var run in runs)
         {
             bytes += ChunkHeadBytes(run) + (run.IsZero ? 0 : run.Length);
         }
-        if (bytes > _held.Length - _heldLength)
-        {
-            return false;
-        }
+        return bytes;
+    }
+
+    /// <summary>Writes the chunks of a READ reply piece, as they are held (<see cref="HeldReadChunksBytes"/> bytes).</summary>
+    private static void WriteReadChunks(Span<byte> destination, ulong handle, ulong offset, ReadOnlySpan<byte> data, ReadOnlySpan<NbdConnection.ReadRun> runs, bool last)
+    {
+        int at = 0;
         for (int i = 0; i < runs.Length; i++)
         {
             NbdConnection.ReadRun run = runs[i];
-            _heldLength += WriteChunkHead(_held.AsSpan(_heldLength), handle, offset, run, last && i == runs.Length - 1);
+            at += WriteChunkHead(destination[at..], handle, offset, run, last && i == runs.Length - 1);
             if (!run.IsZero)
             {
-                data.Slice(run.Start, run.Length).CopyTo(_held.AsSpan(_heldLength));
-                _heldLength += run.Length;
+                data.Slice(run.Start, run.Length).CopyTo(destination[at..]);
+                at += run.Length;
             }
         }
-        return true;
     }
 
     /// <summary>Bytes of a READ run's chunk before its data: the header, and the hole's fields or the data's offset.</summary>
@@ -376,10 +423,10 @@ internal sealed class ReplyWriter
     }
 
     /// <summary>
-    /// Takes the lock and runs <paramref name="send"/>. Never throws: a failed send means the client is gone or
-    /// stuck, so the writer is marked broken and the connection stops reading.
+    /// Takes the lock, sends the held replies and runs <paramref name="send"/>. Never throws: a failed send means the
+    /// client is gone or stuck, so the writer is marked broken and the connection stops reading.
     /// </summary>
-    private async ValueTask SendGuardedAsync<TState>(TState state, Func<ReplyWriter, TState, ValueTask> send, bool sendHeldFirst = true)
+    private async ValueTask SendGuardedAsync<TState>(TState state, Func<ReplyWriter, TState, ValueTask> send)
     {
         if (!await TryLockAsync().ConfigureAwait(false))
         {
@@ -390,10 +437,7 @@ internal sealed class ReplyWriter
             if (!_broken)
             {
                 // Held replies go first, so that one waiting for the reader's next wait is not behind this one too.
-                if (sendHeldFirst)
-                {
-                    await SendHeldAsync().ConfigureAwait(false);
-                }
+                await SendHeldAsync().ConfigureAwait(false);
                 await send(this, state).ConfigureAwait(false);
             }
         }

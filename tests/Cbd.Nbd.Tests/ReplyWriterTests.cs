@@ -279,4 +279,77 @@ public sealed class ReplyWriterTests
         Assert.Equal(5, stream.Writes.Count);
         Assert.Equal(ReplyWriter.MaxHeldReplies * (28 + 512), stream.Writes[4]);
     }
+
+    /// <summary>A stream that takes its time over each write, and copies the bytes only at its end: a buffer changed while being sent shows.</summary>
+    private sealed class SlowStream : MemoryStream
+    {
+        public override async ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken = default)
+        {
+            await Task.Delay(1, cancellationToken);
+            lock (this)
+                Write(buffer.Span);
+        }
+    }
+
+    [Fact]
+    public async Task RepliesAddedWhileHeldOnesAreSent_AllArriveWhole()
+    {
+        var stream = new SlowStream();
+        var writer = new ReplyWriter(new StreamReplyTransport(stream), CancellationToken.None, _ => { }, () => { });
+        writer.StartTransmission(new Negotiated(true, AllocationContextSelected: false, NoZeroes: true, Tls: false, NbdTransmissionFlags.HasFlags,
+            new BlockSizeConstraints(1, 4096, 32 << 20)));
+        const int Senders = 8, PerSender = 200;
+        var reader = Task.Run(async () =>
+        {
+            // The reader holds and releases in turn while the replies come, as it does between bursts; held long enough that
+            // more than MaxHeldReplies come, whose send then goes on while more are held.
+            for (int i = 0; i < 100; i++)
+            {
+                writer.Hold();
+                await Task.Delay(3);
+                await writer.ReleaseAsync();
+            }
+        });
+        var senders = Enumerable.Range(0, Senders).Select(s => Task.Run(async () =>
+        {
+            for (int i = 0; i < PerSender; i++)
+            {
+                ulong handle = (ulong)(s * PerSender + i);
+                if (i % 2 == 0)
+                    await writer.SendSimpleReplyAsync(handle, NbdError.None);
+                else
+                {
+                    byte[] own = new byte[512];
+                    BinaryPrimitives.WriteUInt64LittleEndian(own, handle);
+                    await writer.SendReadChunksAsync(handle, 0, own, [new(0, own.Length, false)], 1, last: true);
+                }
+            }
+        })).ToArray();
+        await Task.WhenAll(senders);
+        await reader;
+        await writer.ReleaseAsync();
+
+        byte[] bytes = stream.ToArray();
+        var seen = new HashSet<ulong>();
+        for (int at = 0; at < bytes.Length;)
+        {
+            uint magic = BinaryPrimitives.ReadUInt32BigEndian(bytes.AsSpan(at));
+            if (magic == SimpleReplyMagic)
+            {
+                Assert.Equal(0u, BinaryPrimitives.ReadUInt32BigEndian(bytes.AsSpan(at + 4)));
+                Assert.True(seen.Add(BinaryPrimitives.ReadUInt64BigEndian(bytes.AsSpan(at + 8))));
+                at += 16;
+                continue;
+            }
+            Assert.Equal(StructuredReplyMagic, magic);
+            ulong handle = BinaryPrimitives.ReadUInt64BigEndian(bytes.AsSpan(at + 8));
+            uint length = BinaryPrimitives.ReadUInt32BigEndian(bytes.AsSpan(at + 16));
+            Assert.Equal(8u + 512u, length);
+            // The data is the sender's own: the handle it wrote into its first bytes.
+            Assert.Equal(handle, BinaryPrimitives.ReadUInt64LittleEndian(bytes.AsSpan(at + 20 + 8)));
+            Assert.True(seen.Add(handle));
+            at += 20 + (int)length;
+        }
+        Assert.Equal(Senders * PerSender, seen.Count);
+    }
 }
