@@ -53,7 +53,9 @@ public sealed class WriteLogFioTests
     /// On a log of the least size: a first fio job's 4 KiB random writes, ended by a flush (end_fsync) and verified; then
     /// a second job's 512 B to 16 KiB random writes over another range, the server SIGKILLed while they go on, the log
     /// wrapping and holding records. Served again (recovery), the first job verifies in full, the device reads the
-    /// same after a clean stop and a new server, and the first job verifies again.
+    /// same after a clean stop and a new server, and the first job verifies again. The log is always under pressure there,
+    /// so merges store lblks patched (docs/FORMAT.md, "Patched lblks"): the kill comes after some did, as the server's
+    /// metrics count them.
     /// </summary>
     [Fact]
     public async Task FlushedBlocksVerify_AfterSigkillDuringSmallWrites_OnTheLeastLog()
@@ -66,23 +68,26 @@ public sealed class WriteLogFioTests
         WriteLogState formatted = await WriteLogImage.AssertHasLogAsync(image, logBytes);
         const long SecondStart = 2 * JobBytes;
 
-        await using (CbdServer server = await CbdServer.StartAsync(image, socket))
+        await using (CbdServer server = await CbdServer.StartAsync(image, socket, "--metrics", "0"))
         {
+            string metrics = await MetricsScrape.WaitForUrlAsync(server);
             AssertJobDone(await ExternalTool.RunAsync("fio", [.. Job(server.Uri, "--bs=4k", verifyOnly: false), "--end_fsync=1"], TimeSpan.FromSeconds(180)));
             await using ToolProcess second = ExternalTool.Start("fio",
             [
                 "--name=cbd-log-2", "--ioengine=nbd", $"--uri={server.Uri}", "--rw=randwrite", "--bsrange=512-16k",
                 $"--offset={SecondStart}", $"--size={JobBytes}", "--iodepth=16", "--time_based", "--runtime=120",
             ]);
-            // Ten laps of the ring at least since the first job ended, and records in it now.
+            // Ten laps of the ring at least since the first job ended, records in it now, and lblks stored patched.
             WriteLogState running = formatted;
+            double patched = 0;
             ulong seqBefore = (await WriteLogImage.ReadAsync(image)).LogSeq;
             await Poll.UntilAsync(async () =>
             {
                 Assert.False(second.HasExited, $"the second fio job ended before the kill: {second}");
                 running = await WriteLogImage.ReadAsync(image);
-                return running.Records > 0 && (long)(running.LogSeq - seqBefore) * 512 >= 10 * logBytes;
-            }, TimeSpan.FromSeconds(100), () => $"ten laps of the log and records in it: {running}");
+                patched = MetricsScrape.Value(await MetricsScrape.GetAsync(metrics), "cbd_patched_write_backs_total");
+                return running.Records > 0 && (long)(running.LogSeq - seqBefore) * 512 >= 10 * logBytes && patched > 0;
+            }, TimeSpan.FromSeconds(100), () => $"ten laps of the log, records in it and lblks stored patched ({patched}): {running}");
             await server.KillAsync();
         }
         WriteLogState killed = await WriteLogImage.ReadAsync(image);
