@@ -15,27 +15,27 @@ public class RecordCompressionTests
     {
         Assert.True(Codec.CreateFast() is not null, "liblz4.so.1 (Debian's liblz4-1) is needed for the fast setting");
         var compression = new RecordCompression();
+        void ObserveMany(int length, int payloadLength)
+        {
+            for (int i = 0; i < 64; i++)
+                compression.Observe(Record(length, payloadLength));
+        }
         var thorough = compression.Codec;
         // Barely compressible 4 KiB blocks, as fio's default buffers: 3895 of 4096 bytes kept.
-        for (int i = 0; i < 64; i++)
-            compression.Observe(Record(4096, 3895));
+        ObserveMany(4096, 3895);
         var fast = compression.Codec;
         Assert.NotSame(thorough, fast);
         // Between the two thresholds the setting stays.
-        for (int i = 0; i < 64; i++)
-            compression.Observe(Record(4096, 3400));
+        ObserveMany(4096, 3400);
         Assert.Same(fast, compression.Codec);
         // Small records say nothing.
-        for (int i = 0; i < 64; i++)
-            compression.Observe(Record(512, 100));
+        ObserveMany(512, 100);
         Assert.Same(fast, compression.Codec);
         // File data, kept to 70 % at the fast setting: back to the thorough one.
-        for (int i = 0; i < 64; i++)
-            compression.Observe(Record(4096, 2850));
+        ObserveMany(4096, 2850);
         Assert.Same(thorough, compression.Codec);
         // Incompressible records, stored as they are, count as keeping everything.
-        for (int i = 0; i < 64; i++)
-            compression.Observe(Record(4096, 4096));
+        ObserveMany(4096, 4096);
         Assert.Same(fast, compression.Codec);
     }
 }
