@@ -26,14 +26,54 @@ internal sealed partial class NbdConnection
         // together when it is about to wait (ReplyWriter.Hold): a burst of 4 KiB writes then costs one send and one
         // wake-up of the client instead of one per write.
         _writer.Hold();
+        if (_export.Device.ReadsWithoutWaiting)
+        {
+            _lane = new ReadLane<(NbdRequest, long)>($"cbd read lane {_peer}", item => _ = ProcessAsync(item.Item1, default, item.Item2));
+        }
         try
         {
             await ReadRequestsAsync(cancellationToken).ConfigureAwait(false);
         }
         finally
         {
+            ServeBurst();
+            _lane?.Complete();
             await _writer.ReleaseAsync().ConfigureAwait(false);
         }
+    }
+
+    /// <summary>Most small READs a burst gathers before it is served, so that the first waits for few others.</summary>
+    private const int MaxBurst = 32;
+
+    /// <summary>The small READs read since the reader last served a burst, with what each holds of the in-flight limits.</summary>
+    private readonly List<(NbdRequest Request, long Cost)> _burst = [];
+
+    /// <summary>The thread that serves half of each burst; null when the device's reads may block their thread.</summary>
+    private ReadLane<(NbdRequest, long)>? _lane;
+
+    /// <summary>
+    /// Serves the burst: its first half on the lane, the rest here, each read on the thread that serves it until it
+    /// has to wait (for the disk, on the pool). Called before the reader does anything else or waits, since the
+    /// burst's requests hold in-flight budget the reader may be waiting for.
+    /// </summary>
+    private void ServeBurst()
+    {
+        int count = _burst.Count;
+        if (count == 0)
+        {
+            return;
+        }
+        Span<(NbdRequest Request, long Cost)> burst = System.Runtime.InteropServices.CollectionsMarshal.AsSpan(_burst);
+        int toLane = _lane is null ? 0 : count / 2;
+        if (toLane > 0)
+        {
+            _lane!.Post(burst[..toLane]);
+        }
+        foreach (var (request, cost) in burst[toLane..])
+        {
+            _ = ProcessAsync(request, default, cost);
+        }
+        _burst.Clear();
     }
 
     private async Task ReadRequestsAsync(CancellationToken cancellationToken)
@@ -63,6 +103,11 @@ internal sealed partial class NbdConnection
             {
                 _metrics.DisconnectRead();
                 return;
+            }
+            bool smallRead = request.Command == NbdCommand.Read && request.Length <= _export.Device.BlockSize;
+            if (!smallRead)
+            {
+                ServeBurst();
             }
             if (request.Command == NbdCommand.Write && request.Length > _receivePiece)
             {
@@ -95,10 +140,20 @@ internal sealed partial class NbdConnection
             }
             // A write runs on this thread until it first has to wait, then the next request is read: applying it
             // to the cache is short, and its compression happens later in write-back on the pool. A thread
-            // hand-off per write cost more than that (random 4 KiB writes +12 % without it, measured). So does a read
-            // of at most an lblk that is the last request in hand; the others go to the pool and run on every core.
-            // Their replies are held with the rest of the burst's (ReplyWriter.Hold) and leave in one send.
-            if (request.Command == NbdCommand.Write || (request.Command == NbdCommand.Read && request.Length <= _export.Device.BlockSize && _received!.Buffered == 0))
+            // hand-off per write cost more than that (random 4 KiB writes +12 % without it, measured). Small reads
+            // gather into a burst while more requests are in hand, served by this thread and the lane once the next
+            // header is not (ServeBurst): warm 4 KiB random reads +9-19 % against one pool hand-off per read.
+            // Without a lane, such a read that is the last in hand runs here, and the others go to the pool. All
+            // replies are held with the rest of the burst's (ReplyWriter.Hold) and leave in one send.
+            if (smallRead && _lane is not null)
+            {
+                _burst.Add((request, cost));
+                if (_received!.Buffered < NbdRequest.Size || _burst.Count == MaxBurst)
+                {
+                    ServeBurst();
+                }
+            }
+            else if (request.Command == NbdCommand.Write || (smallRead && _received!.Buffered == 0))
             {
                 _ = ProcessAsync(request, payload, cost);
             }
@@ -121,6 +176,7 @@ internal sealed partial class NbdConnection
     /// <summary>Sends the held replies, then waits for what the reader needs next; holds again once it is there.</summary>
     private async ValueTask<T> ReleasingWhileAsync<T>(ValueTask<T> pending)
     {
+        ServeBurst();
         await _writer.ReleaseAsync().ConfigureAwait(false);
         T result = await pending.ConfigureAwait(false);
         _writer.Hold();
@@ -130,6 +186,7 @@ internal sealed partial class NbdConnection
     /// <inheritdoc cref="ReleasingWhileAsync{T}(ValueTask{T})"/>
     private async ValueTask ReleasingWhileAsync(ValueTask pending)
     {
+        ServeBurst();
         await _writer.ReleaseAsync().ConfigureAwait(false);
         await pending.ConfigureAwait(false);
         _writer.Hold();

@@ -36,6 +36,9 @@ public sealed class MemoryBlockDevice : IBlockDevice
 
     public int FlushCount => Volatile.Read(ref _flushes);
 
+    /// <summary>True unless a test says otherwise: reads copy from memory, and the hooks wait asynchronously.</summary>
+    public bool ReadsWithoutWaiting { get; set; } = true;
+
     /// <summary>Called before every operation with its name ("read", "write", ...), offset and length; may throw or delay.</summary>
     public Func<string, long, long, ValueTask>? BeforeOperation { get; set; }
 

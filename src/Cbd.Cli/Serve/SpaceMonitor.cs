@@ -43,6 +43,7 @@ public sealed class SpaceMonitor : IBlockDevice
     public int BlockSize => _device.BlockSize;
     public bool IsReadOnly => _device.IsReadOnly;
     public bool CanProvision => _device.CanProvision;
+    public bool ReadsWithoutWaiting => _device.ReadsWithoutWaiting;
 
     public ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken = default)
         => _device.ReadAsync(offset, buffer, cancellationToken);

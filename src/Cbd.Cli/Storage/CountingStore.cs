@@ -29,6 +29,7 @@ public sealed class CountingStore(IBackingStore inner, IProgress<long>? progress
     public ValueTask FlushAsync(CancellationToken cancellationToken = default) => inner.FlushAsync(cancellationToken);
     public ValueTask<bool> DeallocateAsync(long offset, long length, CancellationToken cancellationToken = default) => inner.DeallocateAsync(offset, length, cancellationToken);
     public long? AllocatedBytes => inner.AllocatedBytes;
+    public bool ReadsWithoutWaiting => inner.ReadsWithoutWaiting;
     public ValueTask SetLengthAsync(long length, CancellationToken cancellationToken = default) => inner.SetLengthAsync(length, cancellationToken);
     public ValueTask DisposeAsync() => ValueTask.CompletedTask;
 }

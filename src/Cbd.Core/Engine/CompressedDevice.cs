@@ -82,6 +82,9 @@ public sealed partial class CompressedDevice : IBlockDevice
     /// <summary>True when the geometry backs every lblk stored uncompressed (<see cref="SpacePromise"/>).</summary>
     public bool CanProvision => _space.FullyBacked;
 
+    /// <summary>A read waits only on locks and the store, and the locks are waited for asynchronously.</summary>
+    public bool ReadsWithoutWaiting => _store.ReadsWithoutWaiting;
+
     internal SpacePromise Space => _space;
 
     /// <summary>The lblk cache, for tests that check its invariants.</summary>

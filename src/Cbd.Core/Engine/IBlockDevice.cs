@@ -31,6 +31,13 @@ public interface IBlockDevice : IAsyncDisposable
     /// </summary>
     bool CanProvision { get; }
 
+    /// <summary>
+    /// True when <see cref="ReadAsync"/> never holds its caller's thread waiting for a disk (what must wait goes on
+    /// elsewhere, and the call completes later), so that one thread may serve many reads in turn. False (the default):
+    /// a read may block its calling thread.
+    /// </summary>
+    bool ReadsWithoutWaiting => false;
+
     /// <summary>Fills <paramref name="buffer"/> with the bytes at <paramref name="offset"/>.</summary>
     ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken = default);
 

@@ -46,6 +46,7 @@ public sealed class FaultInjectingStore(IBackingStore inner) : IBackingStore
     public ValueTask ZeroRangeAsync(long offset, long length, CancellationToken cancellationToken = default) => inner.ZeroRangeAsync(offset, length, cancellationToken);
     public ValueTask<bool> DeallocateAsync(long offset, long length, CancellationToken cancellationToken = default) => inner.DeallocateAsync(offset, length, cancellationToken);
     public long? AllocatedBytes => inner.AllocatedBytes;
+    public bool ReadsWithoutWaiting => inner.ReadsWithoutWaiting;
     public ValueTask SetLengthAsync(long length, CancellationToken cancellationToken = default) => inner.SetLengthAsync(length, cancellationToken);
     public ValueTask DisposeAsync() => inner.DisposeAsync();
 }

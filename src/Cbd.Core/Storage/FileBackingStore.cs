@@ -16,17 +16,33 @@ public sealed class FileBackingStore : IBackingStore
     /// <summary>Opened without the lock: the writer holding it may change the file under us (see <see cref="OpenShared"/>).</summary>
     private bool _shared;
 
+    /// <summary>Reads below <see cref="Length"/> that found their bytes outside the page cache (and so waited on another thread).</summary>
+    private long _readsWaited;
+
     private FileBackingStore(SafeFileHandle handle, bool writable, long length, string path)
     {
         _handle = handle;
         CanWrite = writable;
         _length = length;
         Path = path;
+        // One byte of the header, read the way every read will be: a kernel or filesystem without RWF_NOWAIT says so
+        // now, and the store then reads as it always did, blocking its caller.
+        Span<byte> probe = stackalloc byte[1];
+        ReadsWithoutWaiting = CachedReads.Read(handle, 0, probe, path, out _) != CachedReads.Outcome.Unsupported;
     }
 
     public string Path { get; }
     public long Length => Volatile.Read(ref _length);
     public bool CanWrite { get; }
+
+    /// <summary>
+    /// True when reads take what the page cache holds on the calling thread and leave the rest to a pool thread
+    /// (preadv2 RWF_NOWAIT); false on a kernel or filesystem without it, where every read blocks its caller as pread does.
+    /// </summary>
+    public bool ReadsWithoutWaiting { get; }
+
+    /// <summary>Reads that waited for the disk on a pool thread because their bytes were not in the page cache.</summary>
+    public long ReadsWaited => Interlocked.Read(ref _readsWaited);
 
     /// <summary>True when the store is a block device (its size is fixed).</summary>
     public bool IsBlockDevice { get; private init; }
@@ -91,15 +107,32 @@ public sealed class FileBackingStore : IBackingStore
         return new FileBackingStore(handle, true, length, path);
     }
 
-    // pread and pwrite run on the calling thread. On Linux, RandomAccess's async calls only queue the same
-    // blocking call to the thread pool, and that extra hop (a wakeup and a context switch) cost more than the
-    // copy from the page cache itself; the engine calls in from pool threads already.
+    // A read copies what the page cache holds on the calling thread, and only a read that would wait for the disk
+    // moves to the thread pool. On Linux, RandomAccess's async calls queue every read to the pool, and that hop (a
+    // wake-up and a context switch) cost more than the copy from the page cache itself; reading on the caller's
+    // thread alone, as pread, would hold a thread that serves other requests in turn while the disk answers.
     public ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken = default)
     {
         try
         {
             cancellationToken.ThrowIfCancellationRequested();
-            ReadExactly(offset, buffer.Span);
+            int done = 0;
+            if (ReadsWithoutWaiting
+                && CachedReads.Read(_handle, offset, buffer.Span, Path, out done) is var outcome
+                && outcome != CachedReads.Outcome.Unsupported)
+            {
+                if (outcome == CachedReads.Outcome.Done)
+                    return ValueTask.CompletedTask;
+                if (outcome == CachedReads.Outcome.WouldBlock)
+                {
+                    Interlocked.Increment(ref _readsWaited);
+                    Memory<byte> rest = buffer[done..];
+                    long at = offset + done;
+                    return new ValueTask(Task.Run(() => ReadExactly(at, rest.Span), cancellationToken));
+                }
+            }
+            // The end of the file (ReadExactly tells a sparse tail from a cut file), or no RWF_NOWAIT after all.
+            ReadExactly(offset + done, buffer.Span[done..]);
             return ValueTask.CompletedTask;
         }
         catch (Exception ex)

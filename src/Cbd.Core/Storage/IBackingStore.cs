@@ -10,6 +10,7 @@ public interface IBackingStore : IAsyncDisposable
     bool CanWrite { get; }
 
     /// <summary>Reads exactly buffer.Length bytes; bytes past the end of a sparse region read as zeros.</summary>
+    /// <remarks>See <see cref="ReadsWithoutWaiting"/> for the thread it may hold.</remarks>
     ValueTask ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken = default);
 
     ValueTask WriteAsync(long offset, ReadOnlyMemory<byte> data, CancellationToken cancellationToken = default);
@@ -41,4 +42,11 @@ public interface IBackingStore : IAsyncDisposable
 
     /// <summary>Bytes the store takes on the storage under it (a file's st_blocks x 512); null where that cannot be told (a block device).</summary>
     long? AllocatedBytes => null;
+
+    /// <summary>
+    /// True when <see cref="ReadAsync"/> never holds its caller's thread waiting for a disk: it completes at once with
+    /// bytes already in memory, and what would wait is read on another thread, the call completing later. False (the
+    /// default): a read may block the calling thread until the disk answers.
+    /// </summary>
+    bool ReadsWithoutWaiting => false;
 }

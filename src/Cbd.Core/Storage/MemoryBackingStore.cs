@@ -16,6 +16,9 @@ public sealed class MemoryBackingStore(long length) : IBackingStore
     public long Length => Volatile.Read(ref _length);
     public bool CanWrite => true;
 
+    /// <summary>Every read is a copy from memory.</summary>
+    public bool ReadsWithoutWaiting => true;
+
     /// <summary>Bytes held in memory.</summary>
     public long AllocatedBytes => (long)_chunks.Count * ChunkSize;
 
